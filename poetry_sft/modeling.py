@@ -1,0 +1,126 @@
+"""Model, tokenizer, quantisation and adapter configuration for one run.
+
+Only configuration lives here: SFTTrainer wraps the model with `peft_config` itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from poetry_sft.config import Method, MethodConfig, ModelConfig, Precision, RunConfig
+from poetry_sft.errors import ResourceNotFoundError
+from poetry_sft.random_model import random_model_dir
+
+if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """A Hub id or local directory; random-init models are built into the cache first."""
+    return str(random_model_dir(cfg.random_init)) if cfg.random_init else cfg.name_or_path
+
+
+def resolve_precision(precision: Precision) -> Precision:
+    import torch
+
+    if precision is not Precision.auto:
+        return precision
+    if not torch.cuda.is_available():
+        return Precision.fp32
+    return Precision.bf16 if torch.cuda.is_bf16_supported() else Precision.fp16
+
+
+def _dtype(precision: Precision) -> torch.dtype:
+    import torch
+
+    return {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16, Precision.fp32: torch.float32}[precision]
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    with _explain_load_failure("tokenizer", name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # Padding with eos would mask every end-of-poem token out of the loss: the model never learns to stop.
+        tokenizer.pad_token = "<|endoftext|>"
+    return tokenizer
+
+
+def load_model(cfg: RunConfig, name_or_path: str) -> PreTrainedModel:
+    """The base model in the method's dtype: 4-bit NF4 for qlora, bf16/fp16/fp32 otherwise."""
+    from transformers import AutoModelForCausalLM
+
+    precision = resolve_precision(cfg.train.precision)
+    kwargs: dict[str, Any] = {"attn_implementation": cfg.model.attn_implementation, "revision": cfg.model.revision}
+    if cfg.method.name is Method.qlora:
+        kwargs["quantization_config"] = quantization_config(cfg.method, precision)
+        kwargs["dtype"] = _dtype(_compute_precision(precision))
+    elif cfg.method.name is Method.full and precision is Precision.fp16:
+        kwargs["dtype"] = _dtype(Precision.fp32)  # fp16 mixed precision needs fp32 master weights to scale grads
+    else:
+        kwargs["dtype"] = _dtype(precision)
+    with _explain_load_failure("model", name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if cfg.method.name is Method.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms/embeddings to fp32 for stable 4-bit training; gradient checkpointing as the profile says.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.hardware.gradient_checkpointing
+        )
+    return model
+
+
+def _compute_precision(precision: Precision) -> Precision:
+    # 4-bit matmuls dequantise into the compute dtype; bf16 also works on CPU (bitsandbytes >= 0.45).
+    return Precision.bf16 if precision in (Precision.bf16, Precision.fp32) else Precision.fp16
+
+
+def quantization_config(method: MethodConfig, precision: Precision):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=method.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=method.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=_dtype(_compute_precision(precision)),
+    )
+
+
+def peft_config(method: MethodConfig) -> LoraConfig | None:
+    if method.name is Method.full:
+        return None
+    from peft import LoraConfig
+
+    targets = method.target_modules
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=method.r,
+        lora_alpha=method.lora_alpha,
+        lora_dropout=method.lora_dropout,
+        target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
+    )
+
+
+class _explain_load_failure:
+    """Turn the Hub's many failure types into one message that says how to work offline."""
+
+    def __init__(self, what: str, name_or_path: str) -> None:
+        self.what, self.name_or_path = what, name_or_path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, (OSError, ValueError, ConnectionError)):
+            return False
+        raise ResourceNotFoundError(
+            f"could not load the {self.what} '{self.name_or_path}': {str(exc).splitlines()[0]}\n"
+            "  It is neither a local directory nor reachable on the Hugging Face Hub (offline? typo?).\n"
+            "  Fix: download it where there is network (huggingface-cli download Qwen/Qwen3-0.6B "
+            "--local-dir ./qwen3-0.6b) and run with model.name_or_path=./qwen3-0.6b,\n"
+            "  or try the offline demo model: model=tiny"
+        ) from exc

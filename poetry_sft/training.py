@@ -1,0 +1,129 @@
+"""A validated RunConfig -> one TRL SFTTrainer run -> a finished run directory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from poetry_sft import artifacts
+from poetry_sft.config import Precision, RunConfig
+from poetry_sft.data import load_poems, make_formatting_func
+from poetry_sft.modeling import load_model, load_tokenizer, peft_config, resolve_model_path, resolve_precision
+
+if TYPE_CHECKING:
+    from trl import SFTConfig, SFTTrainer
+
+log = logging.getLogger(__name__)
+
+
+def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
+    """Our config groups, translated into TRL/transformers arguments (nothing else decides them)."""
+    import torch
+    from trl import SFTConfig
+
+    precision = resolve_precision(cfg.train.precision)
+    hw, train = cfg.hardware, cfg.train
+    return SFTConfig(
+        output_dir=str(run_dir / artifacts.CHECKPOINTS_DIR),
+        per_device_train_batch_size=hw.per_device_train_batch_size,
+        per_device_eval_batch_size=hw.per_device_train_batch_size,
+        gradient_accumulation_steps=hw.gradient_accumulation_steps,
+        max_length=hw.max_length,
+        gradient_checkpointing=hw.gradient_checkpointing,
+        optim=cfg.optimizer,
+        learning_rate=cfg.method.learning_rate,
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio,  # < 1 is read as a fraction of the total steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        num_train_epochs=train.num_train_epochs,
+        max_steps=train.max_steps,
+        logging_steps=train.logging_steps,
+        eval_strategy="steps",
+        eval_steps=train.eval_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        bf16=precision is Precision.bf16,
+        fp16=precision is Precision.fp16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=train.seed,
+        dataloader_num_workers=train.dataloader_num_workers,
+        include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
+        report_to=train.report_to,
+    )
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
+    from trl import SFTTrainer
+
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.model.revision)
+    train_set, eval_set = load_poems(cfg.data, seed=cfg.train.seed)
+    log.info("data: %d train / %d eval poems from %s", len(train_set), len(eval_set), cfg.data.path)
+    return SFTTrainer(
+        model=load_model(cfg, model_path),
+        args=sft_config(cfg, run_dir),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        formatting_func=make_formatting_func(cfg.data.prompt_template),
+        peft_config=peft_config(cfg.method),
+    )
+
+
+def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics."""
+    artifacts.ensure_fresh(run_dir)
+    artifacts.save_run_config(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir)
+    _reset_peak_memory()
+    started = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - started
+    eval_metrics = trainer.evaluate()
+    trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; always the tokenizer
+    tokens = int(trainer.state.num_input_tokens_seen)
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "eval_loss": eval_metrics.get("eval_loss"),
+        "first_logged_loss": next((h["loss"] for h in trainer.state.log_history if "loss" in h), None),
+        "global_step": trainer.state.global_step,
+        "train_runtime_s": round(train_seconds, 2),
+        "trained_tokens": tokens,
+        "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **_peak_memory(),
+    }
+    if cfg.sample_titles:
+        from poetry_sft.generate import sample_finished_run
+
+        metrics["samples"] = sample_finished_run(run_dir, cfg.sample_titles)
+    artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
+    return metrics
+
+
+def _reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory() -> dict[str, float]:
+    import torch
+
+    if torch.cuda.is_available():
+        return {
+            "peak_gpu_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+            "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
+        }
+    try:
+        import resource
+    except ImportError:  # Windows
+        return {}
+    scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss is bytes on macOS, KiB on Linux
+    return {"peak_cpu_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 3)}

@@ -1,0 +1,76 @@
+"""Offline by default: nothing in the test suite may reach the Hub."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+
+from poetry_sft.cli import register_recipes  # noqa: E402
+from poetry_sft.config import RunConfig, register_configs, to_run_config  # noqa: E402
+from poetry_sft.paths import CONF_DIR  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Random-init models are built once per test session, outside the user's cache."""
+    os.environ["POETRY_SFT_CACHE"] = str(tmp_path_factory.mktemp("poetry_sft_cache"))
+
+
+def compose_config(overrides: list[str]):
+    """The DictConfig `python -m poetry_sft <overrides>` would get."""
+    register_configs()
+    register_recipes()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=False)
+
+
+def run_config(overrides: list[str]) -> RunConfig:
+    return to_run_config(compose_config(overrides))
+
+
+# A handful of real quatrains, few enough for a tiny model to memorise.
+POEMS = [
+    {"title": "静夜思", "content": "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"},
+    {"title": "登鹳雀楼", "content": "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。"},
+    {"title": "春晓", "content": "春眠不觉晓，处处闻啼鸟。\n夜来风雨声，花落知多少。"},
+    {"title": "相思", "content": "红豆生南国，春来发几枝。\n愿君多采撷，此物最相思。"},
+]
+
+
+@pytest.fixture
+def poems_file(tmp_path: Path) -> Path:
+    """A jsonl poem set (4 poems x 8 copies) in the Hub data set's column layout."""
+    path = tmp_path / "poems.jsonl"
+    rows = [{**poem, "author": "李白"} for poem in POEMS] * 8
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_overrides(method: str, data_path: Path, steps: int = 3, hardware: str = "8gb") -> list[str]:
+    """A run of a few CPU seconds: tiny model, small batches, no intermediate eval/checkpoints."""
+    return [
+        "model=tiny",
+        f"method={method}",
+        f"hardware={hardware}",
+        f"data.path={data_path}",
+        "data.eval_size=4",
+        "hardware.per_device_train_batch_size=4",
+        "hardware.gradient_accumulation_steps=1",
+        "hardware.max_length=64",
+        f"train.max_steps={steps}",
+        "train.logging_steps=1",
+        "train.eval_steps=1000",
+        "train.save_steps=1000",
+    ]
+
+
+PYTHON = sys.executable

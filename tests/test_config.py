@@ -1,0 +1,109 @@
+"""Composition and validation: every config file loads, bad input fails early with a useful message."""
+
+import itertools
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, run_config
+
+from poetry_sft.config import Method
+from poetry_sft.paths import CONF_DIR, RECIPES_DIR
+
+METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+HARDWARE = sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def test_groups_are_the_documented_ones():
+    assert METHODS == ["full", "lora", "qlora"]
+    assert HARDWARE == ["4gb", "8gb"]
+
+
+@pytest.mark.parametrize(("method", "hardware"), itertools.product(METHODS, HARDWARE))
+def test_every_method_hardware_pair_composes_and_validates(method: str, hardware: str):
+    cfg = run_config([f"method={method}", f"hardware={hardware}"])
+    assert cfg.method.name is Method(method)
+    assert cfg.hardware.name == hardware
+    assert cfg.model.name_or_path == "Qwen/Qwen3-0.6B"
+    assert cfg.data.path == "larryvrh/Chinese-Poems"
+    # the same effective batch everywhere, so a learning rate means the same on every card
+    assert cfg.hardware.per_device_train_batch_size * cfg.hardware.gradient_accumulation_steps == 32
+    if method == "qlora":
+        assert cfg.optimizer == "paged_adamw_8bit"
+
+
+def test_method_hardware_specialisation_applies():
+    assert run_config(["method=full", "hardware=8gb"]).optimizer == "adamw_8bit"
+    assert run_config(["method=lora", "hardware=8gb"]).optimizer == "adamw_torch"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_composes_and_validates(recipe: str):
+    header = (RECIPES_DIR / f"{recipe}.yaml").read_text(encoding="utf-8")
+    assert f"recipe={recipe}" in header, "a recipe's header gives the exact command"
+    cfg = run_config([f"recipe={recipe}"])
+    assert cfg.method.name.value in recipe or recipe == "demo"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "poetry_sft", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("method=qlroa", ["qlroa", "full", "lora", "qlora"]),
+        ("hardware=16gb", ["16gb", "4gb", "8gb"]),
+        ("method.lora_rank=8", ["lora_rank"]),
+        ("method.learning_rate=-1e-4", ["method.learning_rate", "positive"]),
+        ("hardware.per_device_train_batch_size=two", ["per_device_train_batch_size", "two"]),
+        ("method.optimizer=adam", ["method.optimizer", "paged_adamw_8bit"]),
+    ],
+)
+def test_bad_config_fails_before_anything_is_written(tmp_path: Path, override: str, expected: list[str]):
+    run_dir = tmp_path / "run"
+    result = run_cli(override, f"run_dir={run_dir}", cwd=tmp_path)
+    assert result.returncode != 0
+    for word in expected:
+        assert word in result.stderr, result.stderr
+    assert not run_dir.exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_finished_run_is_never_overwritten(tmp_path: Path):
+    run_dir = tmp_path / "done"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"eval_loss": 1.0}))
+    result = run_cli("model=tiny", "data=sample", f"run_dir={run_dir}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "finished run" in result.stderr and "run_dir=" in result.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json"]  # Hydra wrote nothing into it
+    assert json.loads((run_dir / "metrics.json").read_text()) == {"eval_loss": 1.0}
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path):
+    result = run_cli("--cfg", "job", "method=qlora", "hardware=4gb", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: qlora" in result.stdout and "vram_gib: 4" in result.stdout
+    assert "bnb_4bit_quant_type: nf4" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=qwen3_0.6b", "data=sample"], ["Qwen/Qwen3-0.6B", "model.name_or_path=", "model=tiny"]),
+        (["model=tiny", "data=hub"], ["larryvrh/Chinese-Poems", "data.path=", "data=sample"]),
+        (["model=tiny", "data.path=missing.parquet"], ["missing.parquet", "data.path="]),
+    ],
+)
+def test_unreachable_hub_gives_a_fix_not_a_traceback(tmp_path: Path, overrides: list[str], expected: list[str]):
+    result = run_cli(*overrides, f"run_dir={tmp_path / 'run'}", "train.max_steps=1", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for word in expected:
+        assert word in result.stderr, result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -1,0 +1,94 @@
+"""End to end on CPU with the tiny Qwen3: what each method trains, saves and reloads."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_config, tiny_overrides
+
+from poetry_sft import artifacts
+from poetry_sft.generate import generate_poems, load_run
+from poetry_sft.training import build_trainer, train
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapter_methods_train_the_adapter_and_freeze_the_base(method: str, poems_file: Path, tmp_path: Path):
+    trainer = build_trainer(run_config(tiny_overrides(method, poems_file, steps=3)), tmp_path)
+    before = _snapshot(trainer.model)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+
+    lora = [n for n in before if "lora_" in n]
+    assert lora and all(after[n].requires_grad for n in lora)
+    assert all(not torch.equal(before[n], after[n]) for n in lora), "every adapter weight moved"
+    base = [n for n in before if "lora_" not in n]
+    assert all(not after[n].requires_grad and torch.equal(before[n], after[n]) for n in base)
+
+
+def test_qlora_uses_a_4bit_base_and_paged_8bit_adamw(poems_file: Path, tmp_path: Path):
+    import bitsandbytes as bnb
+
+    trainer = build_trainer(run_config(tiny_overrides("qlora", poems_file, steps=1)), tmp_path)
+    quantized = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all(m.weight.quant_type == "nf4" for m in quantized)
+    trainer.train()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    # transformers builds paged_adamw_8bit as bitsandbytes' AdamW with these two switches
+    assert isinstance(optimizer, bnb.optim.AdamW)
+    assert optimizer.is_paged and optimizer.args.optim_bits == 8
+
+
+def test_full_fine_tuning_changes_every_weight(poems_file: Path, tmp_path: Path):
+    trainer = build_trainer(run_config(tiny_overrides("full", poems_file, steps=2)), tmp_path)
+    before = _snapshot(trainer.model)
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)]
+    assert sorted(changed) == sorted(before)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_run_directory_reloads_and_generates(method: str, poems_file: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    metrics = train(run_config(tiny_overrides(method, poems_file, steps=3)), run_dir)
+
+    saved = {p.name for p in (run_dir / artifacts.MODEL_DIR).iterdir()}
+    assert "tokenizer.json" in saved
+    if method == "full":
+        assert "model.safetensors" in saved
+    else:
+        assert {"adapter_model.safetensors", "adapter_config.json"} <= saved
+        assert "model.safetensors" not in saved, "adapter runs never save base weights"
+    assert artifacts.is_finished(run_dir)
+    assert metrics["global_step"] == 3 and metrics["trained_tokens"] > 0 and metrics["eval_loss"] > 0
+
+    model, tokenizer, cfg = load_run(run_dir)
+    assert cfg.method.name.value == method
+    assert (type(model).__name__ == "PeftModelForCausalLM") == (method != "full")
+    poems = generate_poems(model, tokenizer, ["静夜思", "春晓"], cfg.data.prompt_template, max_new_tokens=12)
+    assert len(poems) == 2 and all(poems)
+
+
+def test_finished_run_directory_is_refused(poems_file: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    train(run_config(tiny_overrides("lora", poems_file, steps=1)), run_dir)
+    adapter = (run_dir / "model" / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(artifacts.RunDirError, match="finished run"):
+        train(run_config(tiny_overrides("lora", poems_file, steps=1)), run_dir)
+    assert (run_dir / "model" / "adapter_model.safetensors").read_bytes() == adapter
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_loss_falls_on_a_memorisable_set(method: str, poems_file: Path, tmp_path: Path):
+    overrides = tiny_overrides(method, poems_file, steps=40) + [
+        "method.learning_rate=3e-3" if method == "full" else "method.learning_rate=3e-2",
+        "train.warmup_ratio=0",
+    ]
+    trainer = build_trainer(run_config(overrides), tmp_path)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.5 * first, losses
