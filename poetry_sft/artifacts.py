@@ -1,12 +1,12 @@
 """The run directory: what a run writes, how a finished one is recognised, and how it is read back.
 
-    <run_dir>/
-      config.yaml      the resolved RunConfig (what `load_run_config` reads)
-      model/           adapter (LoRA/QLoRA: adapter_model.safetensors + adapter_config.json) or full model,
-                       plus the tokenizer
-      checkpoints/     Trainer checkpoints while training
-      metrics.json     written last: its presence marks a finished run
-      .hydra/          Hydra's composed config and overrides
+<run_dir>/
+  config.yaml      the resolved RunConfig (what `load_run_config` reads)
+  model/           adapter (LoRA/QLoRA: adapter_model.safetensors + adapter_config.json) or full model,
+                   plus the tokenizer
+  checkpoints/     Trainer checkpoints while training
+  metrics.json     written last: its presence marks a finished run
+  .hydra/          Hydra's composed config and overrides
 """
 
 from __future__ import annotations

@@ -181,7 +181,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not 0 <= cfg.method.lora_dropout < 1:
             problems.append(f"method.lora_dropout={cfg.method.lora_dropout} must be in [0, 1)")
         if not cfg.method.target_modules:
-            problems.append("method.target_modules is empty: name projections, e.g. [q_proj,v_proj] or [all-linear]")
+            problems.append(
+                "method.target_modules is empty: name projections, e.g. [q_proj,v_proj] or [all-linear]"
+            )
     if cfg.method.name is Method.qlora and "8bit" not in cfg.optimizer and "paged" not in cfg.optimizer:
         problems.append(
             f"method=qlora trains with a paged 8-bit optimizer, not {cfg.optimizer!r}: "

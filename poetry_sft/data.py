@@ -57,7 +57,9 @@ def _load_raw(cfg: DataConfig) -> Dataset:
         return load_dataset(_BUILDERS[files[0].suffix], data_files=[str(p) for p in files], split="train")
     if path.is_file():
         if path.suffix not in _BUILDERS:
-            raise ConfigError(f"data.path={cfg.path}: unsupported file type; use one of {', '.join(_BUILDERS)}")
+            raise ConfigError(
+                f"data.path={cfg.path}: unsupported file type; use one of {', '.join(_BUILDERS)}"
+            )
         return load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
     if path.suffix in _BUILDERS:
         raise ConfigError(f"data.path={cfg.path}: no such file (looked in {path.resolve().parent})")

@@ -1,6 +1,6 @@
 """Write poems with a finished run: reload its adapter (on the base it was trained from) or full model.
 
-    python -m poetry_sft.generate runs/<run> --title 春夜喜雨 --title 登高
+python -m poetry_sft.generate runs/<run> --title 春夜喜雨 --title 登高
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ def sample_finished_run(run_dir: Path, titles: list[str]) -> list[dict[str, str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m poetry_sft.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m poetry_sft.generate", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("run_dir", type=Path, help="a finished run directory (runs/...)")
     parser.add_argument("--title", action="append", required=True, help="poem title/theme; repeat for more")
     parser.add_argument("--max-new-tokens", type=int, default=96)

@@ -35,7 +35,9 @@ def resolve_precision(precision: Precision) -> Precision:
 def _dtype(precision: Precision) -> torch.dtype:
     import torch
 
-    return {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16, Precision.fp32: torch.float32}[precision]
+    return {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16, Precision.fp32: torch.float32}[
+        precision
+    ]
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None) -> PreTrainedTokenizerBase:
@@ -54,12 +56,17 @@ def load_model(cfg: RunConfig, name_or_path: str) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     precision = resolve_precision(cfg.train.precision)
-    kwargs: dict[str, Any] = {"attn_implementation": cfg.model.attn_implementation, "revision": cfg.model.revision}
+    kwargs: dict[str, Any] = {
+        "attn_implementation": cfg.model.attn_implementation,
+        "revision": cfg.model.revision,
+    }
     if cfg.method.name is Method.qlora:
         kwargs["quantization_config"] = quantization_config(cfg.method, precision)
         kwargs["dtype"] = _dtype(_compute_precision(precision))
     elif cfg.method.name is Method.full and precision is Precision.fp16:
-        kwargs["dtype"] = _dtype(Precision.fp32)  # fp16 mixed precision needs fp32 master weights to scale grads
+        kwargs["dtype"] = _dtype(
+            Precision.fp32
+        )  # fp16 mixed precision needs fp32 master weights to scale grads
     else:
         kwargs["dtype"] = _dtype(precision)
     with _explain_load_failure("model", name_or_path):

@@ -33,7 +33,9 @@ _BUILD_VERSION = "1"  # bump when the build below changes, so caches rebuild
 
 def random_model_dir(spec: RandomInitSpec) -> Path:
     """The cached model for `spec`, built on first use."""
-    key = json.dumps({**asdict(spec), "vocabulary": spec.vocabulary.value, "v": _BUILD_VERSION}, sort_keys=True)
+    key = json.dumps(
+        {**asdict(spec), "vocabulary": spec.vocabulary.value, "v": _BUILD_VERSION}, sort_keys=True
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     target = cache_dir() / "random-models" / f"qwen3-{spec.vocabulary.value}-h{spec.hidden_size}-{digest}"
     if not (target / "config.json").exists():
@@ -90,7 +92,9 @@ def build_tokenizer(vocabulary: Vocabulary):
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=_char_vocabulary(), unk_token="<unk>")
         tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
     tokenizer.eos_token = "<|im_end|>"
-    tokenizer.pad_token = "<|endoftext|>"  # distinct from eos, so the end of a poem is never masked as padding
+    tokenizer.pad_token = (
+        "<|endoftext|>"  # distinct from eos, so the end of a poem is never masked as padding
+    )
     tokenizer.chat_template = (files("trl") / "chat_templates" / "qwen3.jinja").read_text(encoding="utf-8")
     tokenizer.model_max_length = 4096
     return tokenizer
@@ -100,7 +104,18 @@ def _char_vocabulary():
     """Every character of the shipped poems plus printable ASCII, one token each."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    chars: set[str] = {chr(c) for c in range(32, 127)} | {"\n", "，", "。", "？", "！", "、", "；", "：", "“", "”"}
+    chars: set[str] = {chr(c) for c in range(32, 127)} | {
+        "\n",
+        "，",
+        "。",
+        "？",
+        "！",
+        "、",
+        "；",
+        "：",
+        "“",
+        "”",
+    }
     for line in SAMPLE_POEMS.read_text(encoding="utf-8").splitlines():
         poem = json.loads(line)
         chars.update(poem["title"], poem["content"])

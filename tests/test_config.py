@@ -100,7 +100,9 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path):
         (["model=tiny", "data.path=missing.parquet"], ["missing.parquet", "data.path="]),
     ],
 )
-def test_unreachable_hub_gives_a_fix_not_a_traceback(tmp_path: Path, overrides: list[str], expected: list[str]):
+def test_unreachable_hub_gives_a_fix_not_a_traceback(
+    tmp_path: Path, overrides: list[str], expected: list[str]
+):
     result = run_cli(*overrides, f"run_dir={tmp_path / 'run'}", "train.max_steps=1", cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

@@ -1,0 +1,37 @@
+# poetry_sft — `make help` lists the targets. Extra Hydra overrides go in ARGS:
+#   make train-lora ARGS="hardware=4gb train.max_steps=500"
+PY ?= python
+TORCH ?= torch==2.13.0
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow lint train-full train-lora train-qlora
+
+help: ## show this list
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
+
+install: ## install torch first (pinned: an unpinned torch may pull GBs of CUDA wheels), then the package + test extras
+	$(PY) -m pip install $(TORCH)
+	$(PY) -m pip install -e '.[test]'
+
+demo: ## offline CPU demo (~1 min): tiny Qwen3 + LoRA on the shipped poems, reload, print poems
+	$(PY) -m poetry_sft recipe=demo $(ARGS)
+
+test: ## the default test suite: offline, CPU, a few minutes
+	$(PY) -m pytest
+
+test-slow: ## slow tests (minutes; some need ../shared/data)
+	$(PY) -m pytest -m slow
+
+lint: ## ruff lint + format check
+	$(PY) -m ruff check poetry_sft tests bench
+	$(PY) -m ruff format --check poetry_sft tests bench
+
+train-full: ## full fine-tune of Qwen/Qwen3-0.6B on an 8 GB card (recipes/full_8gb.yaml)
+	$(PY) -m poetry_sft recipe=full_8gb $(ARGS)
+
+train-lora: ## LoRA on an 8 GB card (recipes/lora_8gb.yaml)
+	$(PY) -m poetry_sft recipe=lora_8gb $(ARGS)
+
+train-qlora: ## QLoRA on a 4 GB card (recipes/qlora_4gb.yaml)
+	$(PY) -m poetry_sft recipe=qlora_4gb $(ARGS)
