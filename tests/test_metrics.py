@@ -2,10 +2,11 @@
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
-from poetry_sft import metrics
+from poetry_sft import metrics, score
 
 JING_YE_SI = "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"  # 古绝: rhymes, not fully regulated
 DENG_GUAN_QUE_LOU = "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。"
@@ -210,3 +211,76 @@ def test_score_poems_marks_unmeasurable_metrics_none() -> None:
     assert scores["ngram_copy_rate"] is None
     with pytest.raises(ValueError, match="2 poems but 1 end-token flags"):
         metrics.score_poems(["a", "b"], stopped_at_eos=[True])
+
+
+def run_score(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
+    code = score.main(argv)
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if code == 0 else {}, err
+
+
+def test_score_command_reads_jsonl_with_forms_and_a_reference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    poems = tmp_path / "poems.jsonl"
+    rows = [
+        {"title": "登鹳雀楼", "content": DENG_GUAN_QUE_LOU, "form": "五言绝句", "stopped_at_eos": True},
+        {"content": ZAO_FA_BAI_DI_CHENG, "form": "五言绝句", "stopped_at_eos": False},
+    ]
+    poems.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) + "\n", encoding="utf-8")
+    reference = tmp_path / "train.txt"
+    reference.write_text(f"{DENG_GUAN_QUE_LOU}\n\n{CHUN_WANG}\n", encoding="utf-8")
+
+    code, scores, _ = run_score([str(poems), "--reference", str(reference)], capsys)
+    assert code == 0
+    assert scores["format_accuracy"] == 0.5
+    assert scores["eos_termination_rate"] == 0.5
+    assert scores["line_copy_rate"] == 0.5
+
+    code, scores, _ = run_score([str(poems), "--form", "七言绝句"], capsys)
+    assert scores["format_accuracy"] == 0.5 and scores["line_copy_rate"] is None
+
+
+def test_score_command_reads_blank_line_separated_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    poems = tmp_path / "poems.txt"
+    poems.write_text(f"{DENG_GUAN_QUE_LOU}\n\n\n{CHUN_WANG}\n", encoding="utf-8")
+    code, scores, _ = run_score([str(poems)], capsys)
+    assert code == 0
+    assert scores["n_poems"] == 2 and scores["tone_pass_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "白日依山尽"}\n', "poems.jsonl:1: no 'content' field with the poem text (found ['text'])"),
+        ('{"content": "白日依山尽"}\n{"content": \n', "poems.jsonl:2: not valid JSON"),
+        ('{"content": "白日依山尽", "form": "绝句"}\n', "unknown form '绝句'; choose one of 五言绝句"),
+        (
+            '{"content": "a", "stopped_at_eos": true}\n{"content": "b"}\n',
+            "1 of 2 poems have 'stopped_at_eos'",
+        ),
+        ("\n", "no poems in"),
+    ],
+)
+def test_score_command_explains_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    poems = tmp_path / "poems.jsonl"
+    poems.write_text(content, encoding="utf-8")
+    code, _, err = run_score([str(poems)], capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_score_command_names_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_score([str(tmp_path / "missing.jsonl")], capsys)
+    assert code == 2 and f"file not found: {tmp_path / 'missing.jsonl'}" in err
+    poems = tmp_path / "poems.txt"
+    poems.write_text(DENG_GUAN_QUE_LOU, encoding="utf-8")
+    code, _, err = run_score([str(poems), "--reference", str(tmp_path / "train.parquet")], capsys)
+    assert code == 2 and "file not found" in err
+    with pytest.raises(SystemExit):
+        score.main([str(poems), "--form", "绝句"])
+    assert "invalid choice: '绝句'" in capsys.readouterr().err
