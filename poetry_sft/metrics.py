@@ -158,6 +158,17 @@ def level_rhyme_groups() -> frozenset[str]:
     return _rhyme_table()[1]
 
 
+def find_rhyme_group(name: str) -> str:
+    """The group a user means: a full name or a unique ending (七阳, 阳), simplified or traditional."""
+    names = rhyme_group_names()
+    wanted = _opencc("s2t").convert(name.strip())
+    matches = [group for group in names if group.endswith(wanted)] if wanted else []
+    if len(matches) != 1:
+        found = f"it matches {', '.join(matches)}" if matches else "no group matches it"
+        raise ValueError(f"rhyme group {name!r}: {found}; use a full name such as {names[0]} or 下平聲七陽")
+    return matches[0]
+
+
 @functools.cache
 def rhyme_groups(char: str) -> frozenset[str]:
     """The Pingshui groups a character belongs to; several for a polyphone, none if unknown."""
