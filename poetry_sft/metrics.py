@@ -47,15 +47,13 @@ _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 # Characters and lines
 
 
+# CJK ideographs: the unified block, extension A, compatibility ideographs, extensions B-G.
+_HAN_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0xF900, 0xFAFF), (0x20000, 0x3134F))
+
+
 def is_han(char: str) -> bool:
     """True for a CJK ideograph (a character that can stand in a line of verse)."""
-    code = ord(char)
-    return (
-        0x4E00 <= code <= 0x9FFF
-        or 0x3400 <= code <= 0x4DBF
-        or 0xF900 <= code <= 0xFAFF
-        or 0x20000 <= code <= 0x3134F
-    )
+    return any(low <= ord(char) <= high for low, high in _HAN_RANGES)
 
 
 def split_lines(poem: str) -> list[str]:
@@ -355,13 +353,10 @@ def _han_codes(poems: Iterable[str]) -> np.ndarray:
     """Code points of the poems' Chinese characters, each poem followed by a 0 separator."""
     text = "\0".join(poems) + "\0"
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    han = (
-        ((codes >= 0x4E00) & (codes <= 0x9FFF))
-        | ((codes >= 0x3400) & (codes <= 0x4DBF))
-        | ((codes >= 0xF900) & (codes <= 0xFAFF))
-        | ((codes >= 0x20000) & (codes <= 0x3134F))
-    )
-    return codes[han | (codes == 0)]
+    keep = codes == 0
+    for low, high in _HAN_RANGES:
+        keep |= (codes >= low) & (codes <= high)
+    return codes[keep]
 
 
 def _ngram_hashes(codes: np.ndarray, n: int) -> np.ndarray:
@@ -391,7 +386,7 @@ def _line_hashes(poems: Iterable[str]) -> np.ndarray:
 class CopyIndex:
     """Verbatim overlap with a reference (training) corpus: is the model writing or reciting?
 
-    Built once: n-gram and line hashes sit in sorted numpy arrays (about 150 MB for the 321k-poem
+    Built once: n-gram and line hashes sit in sorted numpy arrays (140 MB and 3 s for the 321k-poem
     corpus, where Python sets of strings would take gigabytes) and queries are binary searches.
     N-grams run over a poem's Chinese characters across line breaks, so a copied 五言 poem still
     yields 7-grams. Hash collisions (64-bit) are negligible at this scale.
