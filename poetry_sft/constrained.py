@@ -175,7 +175,7 @@ class FormConstrainedLogitsProcessor(LogitsProcessor):
                 restricted = restricted & rhyming[self._char_at[offset]]
         return restricted if restricted.any() else allowed
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         width = min(scores.shape[-1], self._masks.shape[-1])
         allowed = torch.zeros(scores.shape, dtype=torch.bool)
         for row, generated in enumerate(input_ids[:, self.prompt_length :].tolist()):

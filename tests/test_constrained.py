@@ -8,11 +8,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
 
 import re  # noqa: E402
+from collections.abc import Iterable  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import (  # noqa: E402
+    BatchEncoding,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedTokenizerFast,
@@ -68,13 +70,15 @@ def model(tokenizer: PreTrainedTokenizerFast) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(config).eval()
 
 
-def prompts(tokenizer: PreTrainedTokenizerFast) -> dict[str, torch.Tensor]:
+def token_ids(tokenizer: PreTrainedTokenizerFast, tokens: Iterable[str]) -> list[int]:
+    vocab = tokenizer.get_vocab()
+    return [vocab[token] for token in tokens]
+
+
+def prompts(tokenizer: PreTrainedTokenizerFast) -> BatchEncoding:
     """Two left-padded prompts that themselves contain Chinese text and punctuation."""
-    ids = [tokenizer.convert_tokens_to_ids(list(text)) for text in ["<写诗：山", "题：黄河，白日。\n"]]
-    ids = [
-        [tokenizer.convert_tokens_to_ids("<|im_start|>")] + [i for i in row if i is not None] for row in ids
-    ]
-    return tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    rows = [["<|im_start|>", "山", "，"], ["<|im_start|>", "黄", "河", "入", "海", "流", "。", "\n", "a"]]
+    return tokenizer.pad({"input_ids": [token_ids(tokenizer, row) for row in rows]}, return_tensors="pt")
 
 
 def generate(
@@ -83,21 +87,26 @@ def generate(
     form: str,
     seed: int,
     extra: list[LogitsProcessor] | None = None,
-    **options: object,
+    rhyme: bool = False,
+    rhyme_group: str | None = None,
 ) -> tuple[list[str], torch.Tensor]:
     """Sampled poems (decoded without special tokens) and the generated ids."""
     inputs = prompts(tokenizer)
     prompt_length = inputs["input_ids"].shape[1]
-    processor = FormConstrainedLogitsProcessor(tokenizer, form, prompt_length, **options)
+    processor = FormConstrainedLogitsProcessor(
+        tokenizer, form, prompt_length, rhyme=rhyme, rhyme_group=rhyme_group
+    )
     torch.manual_seed(seed)
     output = model.generate(
-        **inputs,
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
         logits_processor=LogitsProcessorList([*(extra or []), processor]),
         do_sample=True,
         top_k=0,
         max_new_tokens=120,
         num_return_sequences=3,
     )
+    assert isinstance(output, torch.Tensor)
     generated = output[:, prompt_length:]
     return tokenizer.batch_decode(generated, skip_special_tokens=True), generated
 
@@ -134,7 +143,7 @@ class PreferMultiCharacterTokens(LogitsProcessor):
     def __init__(self, token_ids: list[int]) -> None:
         self.token_ids = token_ids
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         scores[:, self.token_ids] += 1000.0
         return scores
 
@@ -142,11 +151,10 @@ class PreferMultiCharacterTokens(LogitsProcessor):
 def test_multi_character_tokens_are_used_only_where_they_fit(
     model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast
 ) -> None:
-    multi = [tokenizer.convert_tokens_to_ids(token) for token in MULTI_CHAR_TOKENS + NON_VERSE_TOKENS]
-    poems, generated = generate(
-        model, tokenizer, "七言绝句", seed=1, extra=[PreferMultiCharacterTokens(multi)]
-    )
-    used = {tokenizer.convert_ids_to_tokens(token_id) for token_id in generated.flatten().tolist()}
+    preferred = PreferMultiCharacterTokens(token_ids(tokenizer, MULTI_CHAR_TOKENS + NON_VERSE_TOKENS))
+    poems, generated = generate(model, tokenizer, "七言绝句", seed=1, extra=[preferred])
+    names = {token_id: token for token, token_id in tokenizer.get_vocab().items()}
+    used = {names[token_id] for token_id in generated.flatten().tolist()}
     assert {"白日", "黄河入海", "千里", "。\n"} <= used  # "海流。" never fits a 7-character line start
     assert not used & set(NON_VERSE_TOKENS)
     for poem in poems:
@@ -156,22 +164,22 @@ def test_multi_character_tokens_are_used_only_where_they_fit(
 
 def test_masks_follow_the_layout(tokenizer: PreTrainedTokenizerFast) -> None:
     processor = FormConstrainedLogitsProcessor(tokenizer, "五言绝句", prompt_length=0)
-    ids = tokenizer.convert_tokens_to_ids
-    four_chars = ids(["白日", "依", "山"])
-    allowed = processor._allowed(four_chars)
-    assert allowed[ids("尽")] and not allowed[ids("白日")] and not allowed[ids("，")]
-    assert not allowed[ids("黄河入海")] and not allowed[ids("a")] and not allowed[tokenizer.eos_token_id]
-    allowed = processor._allowed([*four_chars, ids("尽")])
-    assert allowed[ids("，")] and not allowed[ids("，\n")]  # the newline comes after the couplet
-    assert not allowed[ids("山")] and not allowed[ids("。")]
-    three_more = [*four_chars, ids("尽"), ids("，"), *ids(["黄", "河", "入"])]
-    allowed = processor._allowed(three_more)
-    assert allowed[ids("海流。")] and allowed[ids("海")] and not allowed[ids("黄河入海")]
-    couplet = [*three_more, ids("海流。")]
-    assert processor._allowed(couplet)[ids("\n")] and not processor._allowed(couplet)[ids("。\n")]
-    whole_poem = [*couplet, ids("\n"), *four_chars, ids("尽"), ids("，"), *four_chars, ids("尽")]
-    allowed = processor._allowed([*whole_poem, ids("。")])
-    assert allowed.nonzero().flatten().tolist() == [tokenizer.eos_token_id]
+    names = {token_id: token for token, token_id in tokenizer.get_vocab().items()}
+
+    def allowed_after(*tokens: str) -> set[str]:
+        allowed = processor._allowed(token_ids(tokenizer, tokens))
+        return {names[token_id] for token_id in allowed.nonzero().flatten().tolist()}
+
+    four = ("白日", "依", "山")
+    assert "尽" in allowed_after(*four)
+    assert not allowed_after(*four) & {"白日", "黄河入海", "，", "a", " 山", "<|im_end|>"}
+    assert allowed_after(*four, "尽") == {"，"}  # not "，\n": the newline comes after the couplet
+    three_more = (*four, "尽", "，", "黄", "河", "入")
+    assert {"海", "海流。", "白日", "千里"} <= allowed_after(*three_more)
+    assert "黄河入海" not in allowed_after(*three_more)
+    assert allowed_after(*three_more, "海流。") == {"\n"}
+    whole_poem = (*three_more, "海流。", "\n", *four, "尽", "，", *four, "尽", "。")
+    assert allowed_after(*whole_poem) == {"<|im_end|>"}
 
 
 def test_even_lines_rhyme_in_the_group_the_first_even_line_chose(

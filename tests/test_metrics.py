@@ -146,8 +146,8 @@ def test_shuffled_and_truncated_poems_score_lower() -> None:
     truncated = [poem.rsplit("，", 1)[0] for poem in REGULATED]
     real, scrambled, cut = (metrics.score_poems(p) for p in (REGULATED, shuffled, truncated))
     assert real["tone_compliance"] == 1.0 and real["rhyme_rate"] == 1.0
-    assert scrambled["tone_compliance"] < 0.8
-    assert scrambled["rhyme_rate"] < 1.0
+    assert scrambled["tone_compliance"] is not None and scrambled["tone_compliance"] < 0.8
+    assert scrambled["rhyme_rate"] is not None and scrambled["rhyme_rate"] < 1.0
     assert cut["regulated_form_rate"] == 0.0 and cut["tone_compliance"] is None
 
 
