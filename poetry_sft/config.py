@@ -20,7 +20,7 @@ from poetry_sft.errors import ConfigError
 
 
 class _Choice(str, Enum):
-    def __str__(self) -> str:  # interpolations such as ${method.name} in run_dir read "lora", not "Method.lora"
+    def __str__(self) -> str:  # ${method.name} in run_dir reads "lora", not "Method.lora"
         return self.value
 
 

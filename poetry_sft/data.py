@@ -12,6 +12,7 @@ from poetry_sft.paths import SAMPLE_POEMS
 
 if TYPE_CHECKING:
     from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 # datasets builder for each local file type
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -72,6 +73,11 @@ def _load_raw(cfg: DataConfig) -> Dataset:
             "  Fix: point at a local copy, data.path=path/to/poems.parquet (or .jsonl/.csv, with title and "
             "content columns), or use the shipped sample: data=sample"
         ) from err
+
+
+def generation_prompt(tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, title: str) -> str:
+    """The text a model sees before writing the poem for `title`: exactly the training prompt."""
+    return cfg.prompt_template.format(title=title)
 
 
 def make_formatting_func(prompt_template: str) -> Callable[[dict], str]:

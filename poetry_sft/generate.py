@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from poetry_sft import artifacts
-from poetry_sft.config import RunConfig
+from poetry_sft.config import DataConfig, RunConfig
+from poetry_sft.data import generation_prompt
 from poetry_sft.errors import PoetrySFTError, RunDirError
 from poetry_sft.modeling import load_tokenizer, resolve_model_path
 
@@ -43,7 +44,7 @@ def generate_poems(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     titles: list[str],
-    prompt_template: str,
+    data_cfg: DataConfig,
     max_new_tokens: int = 96,
     do_sample: bool = True,
     temperature: float = 0.8,
@@ -55,7 +56,7 @@ def generate_poems(
 
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
-    prompts = [prompt_template.format(title=title) for title in titles]
+    prompts = [generation_prompt(tokenizer, data_cfg, title) for title in titles]
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     with torch.no_grad():
         output = model.generate(
@@ -74,7 +75,7 @@ def generate_poems(
 def sample_finished_run(run_dir: Path, titles: list[str]) -> list[dict[str, str]]:
     """Reload what the run saved (not the in-memory model) and write one poem per title."""
     model, tokenizer, cfg = load_run(run_dir)
-    poems = generate_poems(model, tokenizer, titles, cfg.data.prompt_template, seed=cfg.train.seed)
+    poems = generate_poems(model, tokenizer, titles, cfg.data, seed=cfg.train.seed)
     for title, poem in zip(titles, poems, strict=True):
         print(f"\n《{title}》\n{poem}")
     return [{"title": t, "poem": p} for t, p in zip(titles, poems, strict=True)]
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         model,
         tokenizer,
         args.title,
-        cfg.data.prompt_template,
+        cfg.data,
         max_new_tokens=args.max_new_tokens,
         do_sample=not args.greedy,
         temperature=args.temperature,

@@ -68,7 +68,7 @@ def test_run_directory_reloads_and_generates(method: str, poems_file: Path, tmp_
     model, tokenizer, cfg = load_run(run_dir)
     assert cfg.method.name.value == method
     assert (type(model).__name__ == "PeftModelForCausalLM") == (method != "full")
-    poems = generate_poems(model, tokenizer, ["静夜思", "春晓"], cfg.data.prompt_template, max_new_tokens=12)
+    poems = generate_poems(model, tokenizer, ["静夜思", "春晓"], cfg.data, max_new_tokens=12)
     assert len(poems) == 2 and all(poems)
 
 
