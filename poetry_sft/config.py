@@ -104,6 +104,9 @@ class HardwareConfig:
     max_length: int = MISSING
     gradient_checkpointing: bool = MISSING
     optimizer: str = MISSING
+    # On a bigger GPU, cap this process's CUDA allocator at vram_gib so the run behaves like that card
+    # (benchmarks, and checking a profile before you buy/borrow the card). No effect on CPU.
+    emulate_budget: bool = False
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poetry_sft import artifacts
-from poetry_sft.config import Precision, RunConfig
+from poetry_sft.config import HardwareConfig, Precision, RunConfig
 from poetry_sft.data import load_poems, make_formatting_func
 from poetry_sft.modeling import load_model, load_tokenizer, peft_config, resolve_model_path, resolve_precision
 
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from trl import SFTConfig, SFTTrainer
 
 log = logging.getLogger(__name__)
+
+# What a CUDA context takes on a consumer card before the allocator gets anything (driver + kernels).
+CUDA_CONTEXT_GIB = 0.4
 
 
 def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
@@ -79,6 +82,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics."""
     artifacts.ensure_fresh(run_dir)
     artifacts.save_run_config(cfg, run_dir)
+    _cap_gpu_memory(cfg.hardware)
     trainer = build_trainer(cfg, run_dir)
     _reset_peak_memory()
     started = time.perf_counter()
@@ -104,6 +108,22 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         metrics["samples"] = sample_finished_run(run_dir, cfg.sample_titles)
     artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
     return metrics
+
+
+def _cap_gpu_memory(hardware: HardwareConfig) -> None:
+    """Emulate a `vram_gib` card: the allocator raises OOM past that, as the small card would."""
+    import torch
+
+    if not (hardware.emulate_budget and torch.cuda.is_available()):
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    # On the real card the CUDA context takes its share outside the allocator: the allocator gets the rest.
+    context = CUDA_CONTEXT_GIB * 2**30
+    fraction = max(hardware.vram_gib * 2**30 - context, 0) / total
+    torch.cuda.set_per_process_memory_fraction(min(fraction, 1.0))
+    log.info(
+        "emulating a %s GiB card: allocator capped at %.2f GiB", hardware.vram_gib, fraction * total / 2**30
+    )
 
 
 def _reset_peak_memory() -> None:
