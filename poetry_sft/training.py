@@ -14,6 +14,7 @@ from poetry_sft.data import load_poems, make_formatting_func
 from poetry_sft.modeling import load_model, load_tokenizer, peft_config, resolve_model_path, resolve_precision
 
 if TYPE_CHECKING:
+    import torch
     from trl import SFTConfig, SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "trained_tokens": tokens,
         "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        **_peak_memory(),
+        "model_params": model_params(trainer.model),
+        **peak_memory(),
     }
     if cfg.sample_titles:
         from poetry_sft.generate import sample_finished_run
@@ -126,6 +128,13 @@ def _cap_gpu_memory(hardware: HardwareConfig) -> None:
     )
 
 
+def model_params(model: torch.nn.Module) -> int:
+    """Parameters of the underlying model; peft counts a packed 4-bit weight as its real size."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return int(model.get_nb_trainable_parameters()[1])
+    return sum(p.numel() for p in model.parameters())
+
+
 def _reset_peak_memory() -> None:
     import torch
 
@@ -133,7 +142,7 @@ def _reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _peak_memory() -> dict[str, float]:
+def peak_memory() -> dict[str, float]:
     import torch
 
     if torch.cuda.is_available():
