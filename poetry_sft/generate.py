@@ -159,40 +159,61 @@ def generate_poems(
     Generation stops at the end token; each poem records whether it got there.
     """
     import torch
-    from transformers import LogitsProcessorList
 
     sampling = sampling or SamplingConfig()
     budget = max_new_tokens or sampling.max_new_tokens
     gen_config = generation_config(sampling, model, tokenizer, budget)
     processor = form_processor(tokenizer, sampling, budget) if sampling.form and constrain else None
-    stops = set(gen_config.eos_token_id)
     was_training = model.training
     model.eval()
-    torch.manual_seed(sampling.seed)
-    poems: list[Poem] = []
+    # A private RNG stream: the eval callback generates mid-training, and reseeding the global generator
+    # there would replay the same dropout masks after every evaluation.
+    cuda_devices = [model.device] if model.device.type == "cuda" else []
     try:
-        for start in range(0, len(titles), sampling.batch_size):
-            batch_titles = titles[start : start + sampling.batch_size]
-            prompts = [generation_prompt(tokenizer, data_cfg, title) for title in batch_titles]
-            batch = tokenizer(
-                prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
-            ).to(model.device)
-            width = batch["input_ids"].shape[1]
-            if processor is not None:
-                processor.prompt_length = width  # the constraint starts after this batch's padded prompts
-            with torch.no_grad():
-                output = model.generate(
-                    **batch,
-                    generation_config=gen_config,
-                    logits_processor=LogitsProcessorList([processor] if processor else []),
+        with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
+            torch.manual_seed(sampling.seed)
+            poems: list[Poem] = []
+            for start in range(0, len(titles), sampling.batch_size):
+                batch = titles[start : start + sampling.batch_size]
+                poems += _generate_batch(
+                    model, tokenizer, batch, data_cfg, gen_config, processor, sampling.form
                 )
-            for title, row in zip(batch_titles, output[:, width:].tolist(), strict=True):
-                end = next((i for i, token in enumerate(row) if token in stops), None)
-                # Special tokens are kept in the text: a stray <|im_start|> should count against the poem.
-                content = tokenizer.decode(row[:end], skip_special_tokens=False).strip()
-                poems.append(Poem(title, content, sampling.form, stopped_at_eos=end is not None))
     finally:
         model.train(was_training)
+    return poems
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    titles: list[str],
+    data_cfg: DataConfig,
+    gen_config: GenerationConfig,
+    processor: FormConstrainedLogitsProcessor | None,
+    form: str | None,
+) -> list[Poem]:
+    """`form` is recorded as asked for, constrained or not: score measures format accuracy against it."""
+    from transformers import LogitsProcessorList
+
+    prompts = [generation_prompt(tokenizer, data_cfg, title) for title in titles]
+    inputs = tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    ).to(model.device)
+    width = inputs["input_ids"].shape[1]
+    if processor is not None:
+        processor.prompt_length = width  # the constraint starts after this batch's padded prompts
+    output = model.generate(
+        **inputs,
+        generation_config=gen_config,
+        logits_processor=LogitsProcessorList([processor] if processor else []),
+    )
+    stops = set(gen_config.eos_token_id)
+    poems = []
+    for title, row in zip(titles, output[:, width:].tolist(), strict=True):
+        end = next((i for i, token in enumerate(row) if token in stops), None)
+        # Special tokens stay in the text: a stray <|im_start|> should count against the poem.
+        content = tokenizer.decode(row[:end], skip_special_tokens=False).strip()
+        poems.append(Poem(title, content, form, stopped_at_eos=end is not None))
     return poems
 
 

@@ -64,7 +64,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
     tokenizer = load_tokenizer(model_path, cfg.model.revision)
     train_set, eval_set = load_poems(cfg.data, seed=cfg.train.seed)
     log.info("data: %d train / %d eval poems from %s", len(train_set), len(eval_set), cfg.data.path)
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=load_model(cfg, model_path),
         args=sft_config(cfg, run_dir),
         train_dataset=train_set,
@@ -73,6 +73,11 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
         formatting_func=make_formatting_func(cfg.data.prompt_template),
         peft_config=peft_config(cfg.method),
     )
+    if cfg.generation.eval_titles:  # poems scored at each evaluation, logged beside eval_loss
+        from poetry_sft.callbacks import PoetryEvalCallback
+
+        trainer.add_callback(PoetryEvalCallback(trainer, cfg, run_dir))
+    return trainer
 
 
 def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -97,12 +102,17 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **_peak_memory(),
+        **{key: value for key, value in eval_metrics.items() if key.startswith("eval_poetry/")},
     }
     if cfg.sample_titles:
         from poetry_sft.generate import sample_finished_run
 
         metrics["samples"] = sample_finished_run(run_dir, cfg.sample_titles)
     artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
+    if cfg.generation.report:  # after metrics.json: a failing report never costs the finished run
+        from poetry_sft.report import write_report
+
+        write_report(run_dir)
     return metrics
 
 
