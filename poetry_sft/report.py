@@ -54,8 +54,10 @@ def evaluate_run(run_dir: Path, titles: list[str] | None = None, per_title: int 
     def write(with_model: Any) -> list[Poem]:
         return generate_poems(with_model, tokenizer, prompts, cfg.data, cfg.generation, constrain=False)
 
+    from peft import PeftModel
+
     finetuned = write(model)
-    if hasattr(model, "disable_adapter"):  # a PeftModel: the base is the same weights, adapter off
+    if isinstance(model, PeftModel):  # the base is the same weights with the adapter switched off
         with model.disable_adapter():
             base = write(model)
     else:

@@ -30,6 +30,7 @@ def _train(method: str, poems_path: Path, run_dir: Path, extra: list[str]) -> Pa
     # A large step, so that a few steps move the tiny model's output away from the base's.
     rate = "method.learning_rate=3e-2" if method != "full" else "method.learning_rate=3e-3"
     overrides = [*tiny_overrides(method, poems_path, steps=6), rate, "train.warmup_ratio=0", *extra]
+    overrides.append("generation.max_new_tokens=40")  # enough for a 七言绝句; CPU time is short in tests
     train(run_config(overrides), run_dir)
     return run_dir
 
@@ -92,7 +93,7 @@ def test_generation_settings_come_from_the_config_and_flags_override(lora_run: P
     greedy = ["--title", "静夜思", "--greedy", "--repetition-penalty", "1.0"]
     short = run_generate(tmp_path, str(lora_run), *greedy, "--max-new-tokens", "5")
     model, tokenizer, cfg = load_run(lora_run)
-    assert cfg.generation.max_new_tokens == 128 and cfg.generation.num_eval_poems == 2
+    assert cfg.generation.max_new_tokens == 40 and cfg.generation.num_eval_poems == 2
     model.train()
     [poem] = generate_poems(model, tokenizer, ["静夜思"], cfg.data, GREEDY, max_new_tokens=5)
     assert contents(short) == [poem.content]
