@@ -1,5 +1,6 @@
 """Generation, merging, the eval callback and the report, on tiny CPU runs (no downloads)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -98,6 +99,13 @@ def test_generation_settings_come_from_the_config_and_flags_override(lora_run: P
     [poem] = generate_poems(model, tokenizer, ["静夜思"], cfg.data, GREEDY, max_new_tokens=5)
     assert contents(short) == [poem.content]
     assert model.training, "the caller's train mode is restored (the eval callback generates mid-training)"
+    # Qwen3-0.6B ships a generation_config.json that samples
+    model.generation_config.do_sample, model.generation_config.temperature = True, 5.0
+    first, second = (
+        generate_poems(model, tokenizer, ["静夜思"], cfg.data, dataclasses.replace(GREEDY, seed=seed))
+        for seed in (1, 2)
+    )
+    assert first == second, "greedy stays greedy whatever the model's generation_config.json says"
 
 
 def test_constrained_generation_from_the_command_writes_the_form(lora_run: Path, tmp_path: Path):
