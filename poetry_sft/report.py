@@ -87,7 +87,11 @@ def _cell(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+SAMPLE_CHARS = 160  # a 七言律诗 is 67; longer output is rambling, shown in full only in the JSON
+
+
 def _poem_cell(text: str) -> str:
+    text = text[:SAMPLE_CHARS] + "…" if len(text) > SAMPLE_CHARS else text
     return (text or "(empty)").replace("|", "\\|").replace("\n", "<br>")
 
 
