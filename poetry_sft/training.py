@@ -102,12 +102,13 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **_peak_memory(),
-        **{key: value for key, value in eval_metrics.items() if key.startswith("eval_poetry/")},
     }
     if cfg.sample_titles:
         from poetry_sft.generate import sample_finished_run
 
         metrics["samples"] = sample_finished_run(run_dir, cfg.sample_titles)
+    # The eval callback's final scores (generation.eval_titles), beside eval_loss for sweeps to choose by.
+    metrics.update({key: value for key, value in eval_metrics.items() if key.startswith("eval_poetry/")})
     artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
     if cfg.generation.report:  # after metrics.json: a failing report never costs the finished run
         from poetry_sft.report import write_report
