@@ -140,6 +140,31 @@ class TrainConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How poems are written: by `python -m poetry_sft.generate`, the eval callback and the report."""
+
+    max_new_tokens: int = 128  # a 七言律诗 is 67 characters; Qwen's vocabulary often packs two in a token
+    do_sample: bool = True
+    temperature: float = 0.8
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.1  # > 1 discourages the loops small models fall into
+    batch_size: int = 8  # prompts per generate() call
+    seed: int = 0
+    # The form wanted (one of poetry_sft.metrics.FORMS). The generate command enforces it with
+    # constrained decoding; the eval callback and the report only score against it (format_accuracy),
+    # since they measure what the model writes on its own.
+    form: str | None = None
+    rhyme: bool = False  # with `form`: constrained decoding also makes the even lines rhyme (平水韵)
+    # Eval callback: at every evaluation, write num_eval_poems poems (cycling through these titles),
+    # score them, and log eval_poetry/* beside eval_loss. Empty: no callback.
+    eval_titles: list[str] = field(default_factory=list)
+    num_eval_poems: int = 4
+    eval_max_new_tokens: int = 80  # keeps the callback cheap; a 七言绝句 is 31 characters
+    report: bool = False  # after training, write eval_report.json/.md: fine-tuned vs base on eval_titles
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     method: MethodConfig = MISSING
@@ -150,6 +175,7 @@ class RunConfig:
     run_dir: str = "runs/${now:%Y-%m-%d_%H-%M-%S}_${model.name}_${method.name}_${hardware.name}"
     # After training, reload the saved result from disk and write one poem per title (samples.json).
     sample_titles: list[str] = field(default_factory=list)
+    generation: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property
     def optimizer(self) -> str:
@@ -201,9 +227,33 @@ def validate(cfg: RunConfig) -> RunConfig:
         problems.append(f"method.bnb_4bit_quant_type={cfg.method.bnb_4bit_quant_type!r} must be nf4 or fp4")
     if "{title}" not in cfg.data.prompt_template:
         problems.append("data.prompt_template must contain {title}, where the poem's title goes")
+    problems += sampling_problems(cfg.generation)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg
+
+
+def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]:
+    """What is wrong with sampling settings (shared by the config and the generate command's flags)."""
+    from poetry_sft.metrics import FORMS  # numpy and friends: only once a config is checked
+
+    problems = []
+    for name in ("max_new_tokens", "batch_size", "num_eval_poems", "eval_max_new_tokens"):
+        if getattr(gen, name) <= 0:
+            problems.append(f"{key}.{name}={getattr(gen, name)} must be a positive integer")
+    if gen.do_sample and not gen.temperature > 0:
+        problems.append(f"{key}.temperature={gen.temperature} must be > 0 when sampling ({key}.do_sample)")
+    if not 0 < gen.top_p <= 1:
+        problems.append(f"{key}.top_p={gen.top_p} must be in (0, 1]")
+    if gen.top_k < 0:
+        problems.append(f"{key}.top_k={gen.top_k} must be >= 0 (0: no top-k filtering)")
+    if not gen.repetition_penalty > 0:
+        problems.append(f"{key}.repetition_penalty={gen.repetition_penalty} must be > 0 (1: none)")
+    if gen.form is not None and gen.form not in FORMS:
+        problems.append(f"{key}.form={gen.form!r} is not one of {', '.join(FORMS)} (or null: any form)")
+    if gen.rhyme and gen.form is None:
+        problems.append(f"{key}.rhyme=true needs {key}.form: rhyme is enforced within a regulated form")
+    return problems
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

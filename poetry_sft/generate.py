@@ -1,43 +1,145 @@
-"""Write poems with a finished run: reload its adapter (on the base it was trained from) or full model.
+"""Write poems with a finished run (its adapter on the base, or its full model), or with a base model alone.
 
-python -m poetry_sft.generate runs/<run> --title 春夜喜雨 --title 登高
+    python -m poetry_sft.generate runs/<run> --title 春夜喜雨 --title 登高
+    python -m poetry_sft.generate runs/<run> --titles-file titles.txt --form 七言绝句 --rhyme --out a.jsonl
+    python -m poetry_sft.generate runs/<run> --base --titles-file titles.txt --out before.jsonl
+    python -m poetry_sft.generate --model ./qwen3-0.6b --title 春夜喜雨
+
+Sampling settings come from the run's `generation` config (conf/generation/default.yaml); flags
+override them. `--out` writes JSON Lines with title, form, content and stopped_at_eos, which
+`python -m poetry_sft.score poems.jsonl` reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from poetry_sft import artifacts
-from poetry_sft.config import DataConfig, RunConfig
+from poetry_sft.config import DataConfig, RunConfig, SamplingConfig, sampling_problems
 from poetry_sft.data import generation_prompt
-from poetry_sft.errors import PoetrySFTError, RunDirError
+from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError
+from poetry_sft.metrics import FORMS
 from poetry_sft.modeling import load_tokenizer, resolve_model_path
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from poetry_sft.constrained import FormConstrainedLogitsProcessor
+
+# Qwen3's reasoning tags. A poem never needs them, so generation may not emit them at all: together with
+# the chat template's empty think block (thinking disabled) no <think> block can appear in a poem.
+THINK_TOKENS = ("<think>", "</think>")
 
 
-def load_run(run_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, RunConfig]:
-    """The trained model of a finished run, ready to generate: adapter-on-base, or the full model."""
+@dataclass
+class Poem:
+    """One generation; `asdict` gives the record `python -m poetry_sft.score` reads."""
+
+    title: str
+    content: str
+    form: str | None  # the form that was asked for (None: any)
+    stopped_at_eos: bool  # False: cut off by max_new_tokens
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model_dir(name_or_path: str) -> PreTrainedModel:
+    """A plain transformers model (Hub id or directory) in its saved dtype, on the GPU if there is one."""
     from transformers import AutoModelForCausalLM
 
+    from poetry_sft.modeling import _explain_load_failure
+
+    with _explain_load_failure("model", name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto")
+    return model.to(_device()).eval()
+
+
+def load_run(run_dir: Path, base: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, RunConfig]:
+    """The trained model of a finished run, ready to generate: adapter-on-base, or the full model.
+
+    `base=True` gives the model the run started from instead (same tokenizer, same prompts), for a
+    before/after comparison.
+    """
     cfg = artifacts.load_run_config(run_dir)
     model_dir = run_dir / artifacts.MODEL_DIR
     if not model_dir.is_dir():
         raise RunDirError(f"{run_dir} has no {artifacts.MODEL_DIR}/: the run did not finish saving")
     tokenizer = load_tokenizer(str(model_dir))
+    if base:
+        return load_model_dir(resolve_model_path(cfg.model)), tokenizer, cfg
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
         # An unquantised base: the adapter was trained on the same weights (4-bit-rounded for qlora).
-        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model), dtype="auto")
-        model = PeftModel.from_pretrained(base, model_dir)
+        model = PeftModel.from_pretrained(load_model_dir(resolve_model_path(cfg.model)), model_dir)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+        model = load_model_dir(str(model_dir))
     return model.eval(), tokenizer, cfg
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerBase, tokens: tuple[str, ...]) -> list[int]:
+    """Ids of the tokens the vocabulary has as single tokens (unknown ones map to unk or None)."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in tokens]
+    return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's end token plus any the model's generation config names (Qwen3: <|endoftext|> too)."""
+    configured = model.generation_config.eos_token_id
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else configured
+    return list(dict.fromkeys([tokenizer.eos_token_id, *configured]))
+
+
+def generation_config(
+    sampling: SamplingConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int
+) -> GenerationConfig:
+    """Every setting explicit, so a run's poems do not depend on the generation_config.json of the base."""
+    from transformers import GenerationConfig
+
+    sampled = (
+        {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
+        if sampling.do_sample
+        else {}
+    )
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling.do_sample,
+        repetition_penalty=sampling.repetition_penalty,
+        eos_token_id=eos_token_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=_token_ids(tokenizer, THINK_TOKENS) or None,
+        use_cache=True,  # generation has no packed sequences: the KV cache is safe and fast here
+        **sampled,
+    )
+
+
+def form_processor(
+    tokenizer: PreTrainedTokenizerBase, sampling: SamplingConfig, max_new_tokens: int
+) -> FormConstrainedLogitsProcessor:
+    from poetry_sft.constrained import FormConstrainedLogitsProcessor
+
+    assert sampling.form is not None
+    processor = FormConstrainedLogitsProcessor(
+        tokenizer, sampling.form, prompt_length=0, rhyme=sampling.rhyme, eos_token_id=tokenizer.eos_token_id
+    )
+    # A token holds at least one character, so layout + end token is the budget that can never cut a poem.
+    needed = len(processor.layout) + 1
+    if max_new_tokens < needed:
+        raise ConfigError(
+            f"max_new_tokens={max_new_tokens} can cut a {sampling.form} short ({needed - 1} characters and "
+            f"the end token): raise generation.max_new_tokens (or --max-new-tokens) to at least {needed}"
+        )
+    return processor
 
 
 def generate_poems(
@@ -45,68 +147,192 @@ def generate_poems(
     tokenizer: PreTrainedTokenizerBase,
     titles: list[str],
     data_cfg: DataConfig,
-    max_new_tokens: int = 96,
-    do_sample: bool = True,
-    temperature: float = 0.8,
-    top_p: float = 0.9,
-    seed: int = 0,
-) -> list[str]:
-    """One poem per title, in one left-padded batch; generation stops at the tokenizer's eos."""
+    sampling: SamplingConfig | None = None,
+    *,
+    constrain: bool = True,
+    max_new_tokens: int | None = None,
+) -> list[Poem]:
+    """One poem per title, in left-padded batches of `sampling.batch_size`.
+
+    With `sampling.form` and `constrain`, decoding is constrained to that form (and rhyme); the eval
+    callback and the report pass `constrain=False` to measure what the model writes on its own.
+    Generation stops at the end token; each poem records whether it got there.
+    """
     import torch
 
-    torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
+    sampling = sampling or SamplingConfig()
+    budget = max_new_tokens or sampling.max_new_tokens
+    gen_config = generation_config(sampling, model, tokenizer, budget)
+    processor = form_processor(tokenizer, sampling, budget) if sampling.form and constrain else None
+    was_training = model.training
+    model.eval()
+    # A private RNG stream: the eval callback generates mid-training, and reseeding the global generator
+    # there would replay the same dropout masks after every evaluation.
+    cuda_devices = [model.device] if model.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
+            torch.manual_seed(sampling.seed)
+            poems: list[Poem] = []
+            for start in range(0, len(titles), sampling.batch_size):
+                batch = titles[start : start + sampling.batch_size]
+                poems += _generate_batch(
+                    model, tokenizer, batch, data_cfg, gen_config, processor, sampling.form
+                )
+    finally:
+        model.train(was_training)
+    return poems
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    titles: list[str],
+    data_cfg: DataConfig,
+    gen_config: GenerationConfig,
+    processor: FormConstrainedLogitsProcessor | None,
+    form: str | None,
+) -> list[Poem]:
+    """`form` is recorded as asked for, constrained or not: score measures format accuracy against it."""
+    from transformers import LogitsProcessorList
+
     prompts = [generation_prompt(tokenizer, data_cfg, title) for title in titles]
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    with torch.no_grad():
-        output = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    new_tokens = output[:, batch["input_ids"].shape[1] :]
-    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    inputs = tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    ).to(model.device)
+    width = inputs["input_ids"].shape[1]
+    if processor is not None:
+        processor.prompt_length = width  # the constraint starts after this batch's padded prompts
+    output = model.generate(
+        **inputs,
+        generation_config=gen_config,
+        logits_processor=LogitsProcessorList([processor] if processor else []),
+    )
+    stops = set(gen_config.eos_token_id)
+    poems = []
+    for title, row in zip(titles, output[:, width:].tolist(), strict=True):
+        end = next((i for i, token in enumerate(row) if token in stops), None)
+        # Special tokens stay in the text: a stray <|im_start|> should count against the poem.
+        content = tokenizer.decode(row[:end], skip_special_tokens=False).strip()
+        poems.append(Poem(title, content, form, stopped_at_eos=end is not None))
+    return poems
 
 
-def sample_finished_run(run_dir: Path, titles: list[str]) -> list[dict[str, str]]:
+def sample_finished_run(run_dir: Path, titles: list[str]) -> list[dict[str, object]]:
     """Reload what the run saved (not the in-memory model) and write one poem per title."""
     model, tokenizer, cfg = load_run(run_dir)
-    poems = generate_poems(model, tokenizer, titles, cfg.data, seed=cfg.train.seed)
-    for title, poem in zip(titles, poems, strict=True):
-        print(f"\n《{title}》\n{poem}")
-    return [{"title": t, "poem": p} for t, p in zip(titles, poems, strict=True)]
+    poems = generate_poems(model, tokenizer, titles, cfg.data, cfg.generation)
+    for poem in poems:
+        print(f"\n《{poem.title}》\n{poem.content}")
+    return [dataclasses.asdict(poem) for poem in poems]
 
 
-def main(argv: list[str] | None = None) -> None:
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def read_titles(path: Path) -> list[str]:
+    """Titles from a text file (one per line; blank lines and # comments skipped) or .jsonl (`title`)."""
+    if not path.is_file():
+        raise ConfigError(f"--titles-file {path}: no such file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    if path.suffix != ".jsonl":
+        return [line for line in lines if line and not line.startswith("#")]
+    titles = []
+    for number, line in enumerate(lines, 1):
+        record = json.loads(line) if line else {}
+        if line and not isinstance(record.get("title"), str):
+            raise ConfigError(f'{path}:{number}: each line must be an object with a "title" string')
+        titles += [record["title"]] if line else []
+    return titles
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m poetry_sft.generate", description=__doc__.splitlines()[0]
+        prog="python -m poetry_sft.generate",
+        description="Write poems with a finished run, or with a base model alone.",
     )
-    parser.add_argument("run_dir", type=Path, help="a finished run directory (runs/...)")
-    parser.add_argument("--title", action="append", required=True, help="poem title/theme; repeat for more")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("run_dir", type=Path, nargs="?", help="a finished run directory (runs/...)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--base", action="store_true", help="use the run's base model, not what it trained")
+    which.add_argument("--model", help="any model instead (Hub id or directory, e.g. a merged run)")
+    parser.add_argument("--title", action="append", default=[], help="poem title/theme; repeat for more")
+    parser.add_argument("--titles-file", type=Path, help="titles, one per line (or .jsonl with 'title')")
+    parser.add_argument("--per-title", type=int, default=1, help="poems per title (default 1)")
+    parser.add_argument("--form", choices=FORMS, help="constrain decoding to this form")
+    parser.add_argument("--rhyme", action="store_true", help="with --form: the even lines rhyme (平水韵)")
+    parser.add_argument("--out", type=Path, help="write the poems here as JSON Lines (never overwritten)")
     parser.add_argument("--greedy", action="store_true", help="deterministic decoding instead of sampling")
-    args = parser.parse_args(argv)
+    for flag, kind in [
+        ("--max-new-tokens", int),
+        ("--temperature", float),
+        ("--top-p", float),
+        ("--top-k", int),
+        ("--repetition-penalty", float),
+        ("--batch-size", int),
+        ("--seed", int),
+    ]:
+        parser.add_argument(flag, type=kind, help="overrides generation." + flag[2:].replace("-", "_"))
+    return parser
+
+
+def _sampling(base: SamplingConfig, args: argparse.Namespace) -> SamplingConfig:
+    names = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "batch_size", "seed")
+    changes: dict[str, object] = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.greedy:
+        changes["do_sample"] = False
+    if args.form:
+        changes["form"] = args.form
+    if args.rhyme:
+        changes["rhyme"] = True
+    sampling = dataclasses.replace(base, **changes)
+    problems = sampling_problems(sampling, key="sampling")
+    if problems:
+        raise ConfigError("invalid sampling settings:\n  - " + "\n  - ".join(problems))
+    return sampling
+
+
+def _load(
+    args: argparse.Namespace,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, DataConfig, SamplingConfig]:
+    if args.run_dir is None:
+        if not args.model:
+            raise ConfigError("give a run directory (runs/...) or --model NAME_OR_PATH")
+        # No run: the schema's default prompt, the one runs train on unless data.prompt_template is changed.
+        data_cfg, sampling = DataConfig(name="default", path="none"), SamplingConfig()
+        return load_model_dir(args.model), load_tokenizer(args.model), data_cfg, sampling
+    if args.model:
+        cfg = artifacts.load_run_config(args.run_dir)
+        return load_model_dir(args.model), load_tokenizer(args.model), cfg.data, cfg.generation
+    model, tokenizer, cfg = load_run(args.run_dir, base=args.base)
+    return model, tokenizer, cfg.data, cfg.generation
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        model, tokenizer, cfg = load_run(args.run_dir)
+        titles = args.title + (read_titles(args.titles_file) if args.titles_file else [])
+        if not titles:
+            raise ConfigError("no titles: give --title TITLE (repeatable) or --titles-file FILE")
+        if args.per_title < 1:
+            raise ConfigError(f"--per-title {args.per_title} must be at least 1")
+        if args.out and args.out.exists():
+            raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
+        model, tokenizer, data_cfg, sampling = _load(args)
+        sampling = _sampling(sampling, args)
+        repeated = [title for title in titles for _ in range(args.per_title)]
+        poems = generate_poems(model, tokenizer, repeated, data_cfg, sampling)
     except PoetrySFTError as err:
-        sys.exit(f"error: {err}")
-    poems = generate_poems(
-        model,
-        tokenizer,
-        args.title,
-        cfg.data,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=not args.greedy,
-        temperature=args.temperature,
-    )
-    for title, poem in zip(args.title, poems, strict=True):
-        print(f"《{title}》\n{poem}\n")
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for poem in poems:
+        print(f"《{poem.title}》\n{poem.content}\n")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps(dataclasses.asdict(poem), ensure_ascii=False) for poem in poems]
+        args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"wrote {len(poems)} poems to {args.out}; score them: python -m poetry_sft.score {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

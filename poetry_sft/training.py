@@ -68,7 +68,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
     tokenizer = load_tokenizer(model_path, cfg.model.revision)
     train_set, eval_set = load_poems(cfg.data, seed=cfg.train.seed)
     log.info("data: %d train / %d eval poems from %s", len(train_set), len(eval_set), cfg.data.path)
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=load_model(cfg, model_path),
         args=sft_config(cfg, run_dir),
         train_dataset=train_set,
@@ -77,6 +77,11 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
         formatting_func=make_formatting_func(cfg.data.prompt_template),
         peft_config=peft_config(cfg.method),
     )
+    if cfg.generation.eval_titles:  # poems scored at each evaluation, logged beside eval_loss
+        from poetry_sft.callbacks import PoetryEvalCallback
+
+        trainer.add_callback(PoetryEvalCallback(trainer, cfg, run_dir))
+    return trainer
 
 
 def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -108,7 +113,13 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         from poetry_sft.generate import sample_finished_run
 
         metrics["samples"] = sample_finished_run(run_dir, cfg.sample_titles)
+    # The eval callback's final scores (generation.eval_titles), beside eval_loss for sweeps to choose by.
+    metrics.update({key: value for key, value in eval_metrics.items() if key.startswith("eval_poetry/")})
     artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
+    if cfg.generation.report:  # after metrics.json: a failing report never costs the finished run
+        from poetry_sft.report import write_report
+
+        write_report(run_dir)
     return metrics
 
 

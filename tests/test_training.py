@@ -69,7 +69,7 @@ def test_run_directory_reloads_and_generates(method: str, poems_file: Path, tmp_
     assert cfg.method.name.value == method
     assert (type(model).__name__ == "PeftModelForCausalLM") == (method != "full")
     poems = generate_poems(model, tokenizer, ["静夜思", "春晓"], cfg.data, max_new_tokens=12)
-    assert len(poems) == 2 and all(poems)
+    assert len(poems) == 2 and all(poem.content for poem in poems)
 
 
 def test_finished_run_directory_is_refused(poems_file: Path, tmp_path: Path):
