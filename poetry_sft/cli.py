@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from poetry_sft.artifacts import ensure_fresh
+from poetry_sft.artifacts import find_resume_checkpoint
 from poetry_sft.config import register_configs, to_run_config
 from poetry_sft.errors import PoetrySFTError
 from poetry_sft.paths import CONF_DIR, RECIPES_DIR
@@ -34,8 +34,8 @@ class PreflightCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            to_run_config(config)
-            ensure_fresh(Path(config.hydra.run.dir))
+            # A finished run is refused and a mismatched resume too, before Hydra writes into the directory.
+            find_resume_checkpoint(Path(config.hydra.run.dir), to_run_config(config))
         except PoetrySFTError as err:
             _exit_with(err)
 

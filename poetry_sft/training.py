@@ -76,13 +76,22 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
 
 
 def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics."""
-    artifacts.ensure_fresh(run_dir)
+    """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics.
+
+    A run directory with checkpoints of the same config resumes from the newest complete one: Trainer
+    restores weights, optimizer, scheduler and RNG state and skips the batches already seen.
+    """
+    checkpoint = artifacts.find_resume_checkpoint(run_dir, cfg)
+    artifacts.discard_incomplete_checkpoints(run_dir)
     artifacts.save_run_config(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    else:
+        log.info("interrupted? the same command with run_dir=%s resumes from the last checkpoint", run_dir)
     _reset_peak_memory()
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
     eval_metrics = trainer.evaluate()
     trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; always the tokenizer
@@ -98,6 +107,8 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **_peak_memory(),
     }
+    if not artifacts.is_main_process():
+        return metrics  # under accelerate launch, rank 0 alone samples and writes the run's files
     if cfg.sample_titles:
         from poetry_sft.generate import sample_finished_run
 
