@@ -82,7 +82,7 @@ def find_resume_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
     )
     if not checkpoints:
         return None
-    _ensure_same_config(run_dir, cfg)
+    ensure_same_config(run_dir, cfg)
     complete = [p for p in checkpoints if is_complete_checkpoint(p)]
     return complete[-1] if complete else None
 
@@ -97,7 +97,7 @@ def discard_incomplete_checkpoints(run_dir: Path) -> None:
             shutil.rmtree(path)
 
 
-def _ensure_same_config(run_dir: Path, cfg: RunConfig) -> None:
+def ensure_same_config(run_dir: Path, cfg: RunConfig) -> None:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunDirError(
@@ -110,8 +110,8 @@ def _ensure_same_config(run_dir: Path, cfg: RunConfig) -> None:
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise RunDirError(
-            f"{run_dir} holds checkpoints of an unfinished run with a different config ({diff}); "
-            "resuming would mix two experiments.\n"
+            f"{run_dir} holds a run made with a different config ({diff}); "
+            "resuming or reusing it would mix two experiments.\n"
             "  Fix: resume with the same settings, or start anew elsewhere, run_dir=runs/<new-name>."
         )
 

@@ -47,14 +47,18 @@ def _exit_with(err: PoetrySFTError) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode is RunMode.MULTIRUN:  # each job trains in its own process (poetry_sft/sweep.py)
+        from poetry_sft.sweep import run_job
+
+        return run_job(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.job.config_name)
+
     from poetry_sft.training import train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = train(to_run_config(cfg), run_dir)
     except PoetrySFTError as err:
-        if HydraConfig.get().mode is RunMode.MULTIRUN:
-            raise  # Hydra records it as this job's failure
         _exit_with(err)
     log.info("finished: %s (eval_loss %.4f)", run_dir, metrics["eval_loss"])
     log.info("write poems with it: python -m poetry_sft.generate %s --title 春夜喜雨", run_dir)
@@ -62,6 +66,9 @@ def _run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    from poetry_sft.sweep import register_resolvers
+
     register_configs()
     register_recipes()
+    register_resolvers()
     _run()

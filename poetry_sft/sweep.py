@@ -1,0 +1,142 @@
+"""Hydra multirun jobs, one child process each: a failed job is recorded and the sweep goes on.
+
+    python -m poetry_sft -m model=tiny data=sample method=lora,qlora method.r=8,16 \\
+        hydra.sweep.dir=multirun/rank_sweep
+
+Each job's directory is named after its overrides (``method.r=8,method=lora``), so it is the same
+on every re-run of the sweep and never shared by two jobs. Re-running a sweep with the same
+``hydra.sweep.dir`` skips finished jobs, resumes interrupted ones from their last checkpoint and
+retries failed ones.
+
+Why a child process per job: Hydra's BasicLauncher runs jobs in one process, and CUDA memory
+does not return between jobs there (hydra#2631); a process that exits frees it all. The child
+also isolates crashes (OOM, a bad value): this parent records them in ``error.json`` and returns
+NaN, the value Optuna marks as a failed trial, instead of raising (which stops a Hydra sweep).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import math
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from poetry_sft import artifacts
+from poetry_sft.config import to_run_config
+from poetry_sft.errors import PoetrySFTError
+
+log = logging.getLogger("poetry_sft")
+
+METRIC = "eval_loss"  # what every job returns to the sweeper (lower is better)
+_SAFE_NAME = re.compile(r"[^\w.,=+-]")  # \w keeps CJK titles readable in a directory name
+_SAFE_OVERRIDE_VALUE = re.compile(r"[\w./:\\~+-]+")
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job's directory name from its sorted overrides: deterministic, readable, and unique.
+
+    Characters a file name cannot hold (``/`` of a data path) become ``_``; whenever anything was
+    replaced or cut, a hash of the full overrides keeps two different jobs apart.
+    """
+    if not override_dirname:
+        return "defaults"
+    name = _SAFE_NAME.sub("_", override_dirname)
+    if name != override_dirname or len(name) > 120:
+        digest = hashlib.sha1(override_dirname.encode("utf-8")).hexdigest()[:8]
+        name = f"{name[:100]}_{digest}"
+    return name
+
+
+def register_resolvers() -> None:
+    """``${job_dirname:...}`` for conf/config.yaml's hydra.sweep.subdir."""
+    OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+
+
+def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], config_name: str | None = None) -> float:
+    """Train one sweep job in a child process. Returns its eval loss, or NaN if it failed (see error.json)."""
+    error_file = job_dir / artifacts.ERROR_FILE
+    try:
+        run_cfg = to_run_config(cfg)
+        run_cfg.run_dir = str(job_dir)
+        if artifacts.is_finished(job_dir):
+            artifacts.ensure_same_config(job_dir, run_cfg)  # an edited YAML must not pass off old results
+            log.info("skipping %s: finished in an earlier run of this sweep", job_dir.name)
+            return _metric(job_dir)
+        error_file.unlink(missing_ok=True)  # retried: its old failure no longer describes it
+        _train_in_child(job_dir, overrides, config_name)
+        return _metric(job_dir)
+    except JobFailed as err:
+        _record_failure(error_file, str(err), err.returncode, err.log_tail)
+    except PoetrySFTError as err:  # a bad value for this job only: the other jobs still run
+        _record_failure(error_file, str(err), None, [])
+    return math.nan
+
+
+class JobFailed(Exception):
+    def __init__(self, message: str, returncode: int, log_tail: list[str]) -> None:
+        super().__init__(message)
+        self.returncode, self.log_tail = returncode, log_tail
+
+
+def child_command(job_dir: Path, overrides: list[str], config_name: str | None = None) -> list[str]:
+    """`python -m poetry_sft <this job's overrides> run_dir=<job dir>`: the job as a single run."""
+    run_dir = str(job_dir)
+    if not _SAFE_OVERRIDE_VALUE.fullmatch(run_dir):
+        run_dir = "'" + run_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    command = [sys.executable, "-m", "poetry_sft"]
+    if config_name:
+        command += ["--config-name", config_name]
+    # The parent already wrote .hydra/ for this job; the child must not rewrite it with run_dir added.
+    return command + [*overrides, f"run_dir={run_dir}", "hydra.output_subdir=null"]
+
+
+def _train_in_child(job_dir: Path, overrides: list[str], config_name: str | None) -> None:
+    command = child_command(job_dir, overrides, config_name)
+    log.info("job %s: %s", job_dir.name, " ".join(command[1:]))
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    # stderr is echoed (progress bars, errors) and its tail kept for error.json; stdout passes through.
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace") as child:
+        assert child.stderr is not None
+        for line in child.stderr:
+            sys.stderr.write(line)
+            tail.append(line.rstrip()[-500:])
+    if child.returncode != 0:
+        lines = [line for line in tail if line.strip()]
+        raise JobFailed(_summary(child.returncode, lines), child.returncode, lines)
+    if not artifacts.is_finished(job_dir):
+        raise JobFailed(f"the job exited without writing {artifacts.METRICS_FILE}", 0, list(tail))
+
+
+def _summary(returncode: int, lines: list[str]) -> str:
+    """One line saying why a job died: our own error message, the exception, or the signal."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    ours = [line for line in lines if line.startswith("poetry_sft: error:")]
+    if ours:
+        return ours[-1].removeprefix("poetry_sft: error: ")
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return (errors or lines or [f"exit status {returncode}"])[-1]
+
+
+def _record_failure(path: Path, message: str, returncode: int | None, log_tail: list[str]) -> None:
+    log.error("job %s failed: %s (details in %s)", path.parent.name, " ".join(message.split()), path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {"error": message, "returncode": returncode, "log_tail": log_tail}
+    artifacts.write_json(path, payload)
+
+
+def _metric(job_dir: Path) -> float:
+    metrics = json.loads((job_dir / artifacts.METRICS_FILE).read_text(encoding="utf-8"))
+    value = metrics.get(METRIC)
+    return float(value) if value is not None else math.nan
