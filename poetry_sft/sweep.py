@@ -11,7 +11,8 @@ retries failed ones.
 Why a child process per job: Hydra's BasicLauncher runs jobs in one process, and CUDA memory
 does not return between jobs there (hydra#2631); a process that exits frees it all. The child
 also isolates crashes (OOM, a bad value): this parent records them in ``error.json`` and returns
-NaN, the value Optuna marks as a failed trial, instead of raising (which stops a Hydra sweep).
++inf, the worst loss, instead of raising: an exception fails the whole Hydra sweep, and NaN makes
+hydra-optuna-sweeper 1.3 with Optuna 2.10 raise mid-search.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def job_dirname(override_dirname: str) -> str:
     if not override_dirname:
         return "defaults"
     name = _SAFE_NAME.sub("_", override_dirname)
-    if name != override_dirname or len(name) > 120:
+    if name != override_dirname or len(name.encode("utf-8")) > 120:  # file names: 255 bytes, CJK: 3 each
         digest = hashlib.sha1(override_dirname.encode("utf-8")).hexdigest()[:8]
-        name = f"{name[:100]}_{digest}"
+        name = f"{name.encode('utf-8')[:100].decode('utf-8', errors='ignore')}_{digest}"
     return name
 
 
@@ -62,7 +63,7 @@ def register_resolvers() -> None:
 
 
 def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], config_name: str | None = None) -> float:
-    """Train one sweep job in a child process. Returns its eval loss, or NaN if it failed (see error.json)."""
+    """Train one sweep job in a child process. Returns its eval loss, or +inf if it failed (error.json)."""
     error_file = job_dir / artifacts.ERROR_FILE
     try:
         run_cfg = to_run_config(cfg)
@@ -78,7 +79,7 @@ def run_job(cfg: DictConfig, job_dir: Path, overrides: list[str], config_name: s
         _record_failure(error_file, str(err), err.returncode, err.log_tail)
     except PoetrySFTError as err:  # a bad value for this job only: the other jobs still run
         _record_failure(error_file, str(err), None, [])
-    return math.nan
+    return math.inf
 
 
 class JobFailed(Exception):
@@ -139,4 +140,4 @@ def _record_failure(path: Path, message: str, returncode: int | None, log_tail: 
 def _metric(job_dir: Path) -> float:
     metrics = json.loads((job_dir / artifacts.METRICS_FILE).read_text(encoding="utf-8"))
     value = metrics.get(METRIC)
-    return float(value) if value is not None else math.nan
+    return float(value) if value is not None else math.inf

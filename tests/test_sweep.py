@@ -23,6 +23,8 @@ def test_job_dirnames_are_deterministic_unique_and_safe():
     long = job_dirname(",".join(f"key{i}=value{i}" for i in range(40)))
     assert len(long) <= 120 and long != job_dirname(",".join(f"key{i}=value{i}" for i in range(41)))
     assert job_dirname("") == "defaults"
+    titles = job_dirname("sample_titles=[" + "春夜喜雨," * 30 + "]")
+    assert len(titles.encode("utf-8")) <= 120 and titles.startswith("sample_titles=")
 
 
 def test_child_command_runs_the_job_as_a_single_run_in_its_directory(tmp_path: Path):
@@ -127,7 +129,7 @@ def _job_config(poems_file: Path, *extra: str):
 
 def test_a_bad_value_fails_its_job_only_and_is_recorded(poems_file: Path, tmp_path: Path):
     value = run_job(_job_config(poems_file, "method.learning_rate=-1"), tmp_path, ["method.learning_rate=-1"])
-    assert math.isnan(value), "NaN: the value Optuna records as a failed trial"
+    assert value == math.inf, "the worst loss: a sweeper (Optuna too) goes on"
     error = json.loads((tmp_path / "error.json").read_text())
     assert "method.learning_rate=-1.0 must be a positive number" in error["error"]
 
@@ -148,7 +150,49 @@ def test_a_finished_job_is_skipped_without_starting_a_process(
     monkeypatch.setattr(subprocess, "Popen", no_process)
     assert run_job(cfg, tmp_path, []) == 1.25
     edited = _job_config(poems_file, "method.r=16")  # same directory, different config: not passed off
-    assert math.isnan(run_job(edited, tmp_path, ["method.r=16"]))
+    assert run_job(edited, tmp_path, ["method.r=16"]) == math.inf
     assert (
         "different config (method.r: 8 -> 16)" in json.loads((tmp_path / "error.json").read_text())["error"]
     )
+
+
+def _compose_with_hydra(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from poetry_sft.cli import register_recipes
+    from poetry_sft.config import register_configs
+    from poetry_sft.paths import CONF_DIR
+
+    register_configs()
+    register_recipes()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def test_optuna_sweeper_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweeper = _compose_with_hydra(["hydra/sweeper=poetry_optuna"]).hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "minimize" and sweeper.n_jobs == 1 and sweeper.sampler.seed == 0
+    assert set(sweeper.params) == {"method.learning_rate", "method.r"}
+    assert sweeper.max_failure_rate == 1.0, "a failed trial must not end the search"
+
+
+@pytest.mark.slow  # four training processes
+def test_optuna_search_rerun_replays_finished_trials(poems_file: Path, tmp_path: Path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    overrides = [*tiny_overrides("lora", poems_file, steps=2), "hydra/sweeper=poetry_optuna"]
+    first = _multirun(sweep, *overrides, "hydra.sweeper.n_trials=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [j.status for j in read_jobs(sweep)] == ["finished", "finished"]
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+
+    second = _multirun(sweep, *overrides, "hydra.sweeper.n_trials=3")  # interrupted after 2, say
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert log.count(": finished in an earlier run") == 2, "the seeded sampler proposed the same 2 first"
+    assert len(read_jobs(sweep)) == 3
+    assert OmegaConf.load(sweep / "optimization_results.yaml").best_value <= results.best_value
