@@ -180,6 +180,16 @@ def test_optuna_sweeper_config_composes():
     assert sweeper.max_failure_rate == 1.0, "a failed trial must not end the search"
 
 
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = _compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+    assert subdir.startswith("${job_dirname:"), "SLURM jobs get the same job directories as local ones"
+
+
 @pytest.mark.slow  # four training processes
 def test_optuna_search_rerun_replays_finished_trials(poems_file: Path, tmp_path: Path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
