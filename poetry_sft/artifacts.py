@@ -60,7 +60,10 @@ def is_complete_checkpoint(checkpoint: Path) -> bool:
     """Trainer writes weights, optimizer, scheduler and RNG first and trainer_state.json last, straight into
     checkpoint-N (not atomically): a checkpoint is whole only if that last file parses and names step N."""
     match = _CHECKPOINT_NAME.match(checkpoint.name)
-    if not match or not any((checkpoint / name).is_file() for name in WEIGHT_FILES):
+    if not match or not (
+        any((checkpoint / name).is_file() for name in WEIGHT_FILES)
+        or any(checkpoint.glob("pytorch_model_fsdp_*"))  # FSDP's SHARDED_STATE_DICT
+    ):
         return False
     try:
         state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))

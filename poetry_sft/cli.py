@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft.artifacts import find_resume_checkpoint
 from poetry_sft.config import register_configs, to_run_config
-from poetry_sft.errors import PoetrySFTError
+from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.paths import CONF_DIR, RECIPES_DIR
 
 log = logging.getLogger("poetry_sft")
@@ -34,10 +35,31 @@ class PreflightCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
+            _ensure_one_run_dir_for_all_processes(config)
             # A finished run is refused and a mismatched resume too, before Hydra writes into the directory.
             find_resume_checkpoint(Path(config.hydra.run.dir), to_run_config(config))
         except PoetrySFTError as err:
             _exit_with(err)
+
+
+def _ensure_one_run_dir_for_all_processes(config: DictConfig) -> None:
+    """Under accelerate launch/torchrun each process composes its own config: a `${now:}` in run_dir could
+    differ between processes started a second apart, and they would train into different directories."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "${now:" in str(
+        OmegaConf.to_container(config, resolve=False).get("run_dir")
+    ):
+        raise ConfigError(
+            "several processes (accelerate launch / torchrun) need one run directory named in advance.\n"
+            "  Fix: add run_dir=runs/<name> to the command (the same for every process)."
+        )
+
+
+def _per_process_overrides(argv: list[str]) -> list[str]:
+    """Processes other than rank 0 log to their own file and leave .hydra/ to rank 0."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return argv
+    return [*argv, "hydra.output_subdir=null", f"hydra.job.name=poetry_sft_rank{rank}"]
 
 
 def _exit_with(err: PoetrySFTError) -> None:
@@ -71,4 +93,5 @@ def main() -> None:
     register_configs()
     register_recipes()
     register_resolvers()
+    sys.argv = _per_process_overrides(sys.argv)
     _run()
