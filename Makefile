@@ -17,9 +17,8 @@ install: ## install torch first (pinned: an unpinned torch may pull GBs of CUDA 
 demo: ## offline CPU demo (~1 min): tiny Qwen3 + LoRA on the shipped poems, reload, print poems
 	$(PY) -m poetry_sft recipe=demo $(ARGS)
 
-sweep: ## small offline CPU sweep (tiny model, LoRA rank x learning rate) -> multirun/demo_sweep/summary.md
-	$(PY) -m poetry_sft -m recipe=demo method.r=4,8 method.learning_rate=1e-2,3e-2 train.max_steps=30 \
-		train.eval_steps=30 train.save_steps=30 sample_titles=[] hydra.sweep.dir=multirun/demo_sweep $(ARGS)
+sweep: ## small offline CPU sweep (recipes/demo_lora_sweep.yaml: rank x learning rate) -> multirun/demo_sweep/
+	$(PY) -m poetry_sft -m recipe=demo_lora_sweep hydra.sweep.dir=multirun/demo_sweep $(ARGS)
 
 sweep-report: ## rebuild a sweep's summary (csv, md, png): make sweep-report SWEEP=multirun/<dir>
 	$(PY) -m poetry_sft.sweep_report $(or $(SWEEP),multirun/demo_sweep)

@@ -137,7 +137,8 @@ def _plot(jobs: list[Job], swept: list[str], metric: str, path: Path) -> Path | 
         return None
     done = [j for j in jobs if j.status == "finished" and math.isfinite(_number(j.metrics.get(metric)))]
     panels = swept or ["job"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    size = (4.5 * len(panels), 3.6)
+    fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], panels, strict=True):
         values = [j.overrides.get(key, "") if key != "job" else j.name for j in done]
         ys = [_number(j.metrics[metric]) for j in done]
