@@ -37,7 +37,9 @@ from poetry_sft.errors import PoetrySFTError
 
 log = logging.getLogger("poetry_sft")
 
-METRIC = "eval_loss"  # what every job returns to the sweeper (lower is better)
+# What every job returns to the sweeper. Lower is better: a failed job returns +inf (a score to maximise
+# would need -inf there, and direction: maximize in conf/hydra/sweeper/poetry_optuna.yaml).
+METRIC = "eval_loss"
 _SAFE_NAME = re.compile(r"[^\w.,=+-]")  # \w keeps CJK titles readable in a directory name
 _SAFE_OVERRIDE_VALUE = re.compile(r"[\w./:\\~+-]+")
 
