@@ -107,16 +107,27 @@ def _train_in_child(job_dir: Path, overrides: list[str], config_name: str | None
     log.info("job %s: %s", job_dir.name, " ".join(command[1:]))
     tail: collections.deque[str] = collections.deque(maxlen=40)
     # stderr is echoed (progress bars, errors) and its tail kept for error.json; stdout passes through.
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace") as child:
+    # Bytes, not text: text mode would turn each progress-bar redraw (\r) into a new line on the console.
+    with subprocess.Popen(command, stderr=subprocess.PIPE) as child:
         assert child.stderr is not None
-        for line in child.stderr:
-            sys.stderr.write(line)
-            tail.append(line.rstrip()[-500:])
+        for raw in child.stderr:
+            line = raw.decode("utf-8", errors="replace")
+            _echo(raw, line)
+            tail.append(line.rstrip().split("\r")[-1][-500:])
     if child.returncode != 0:
         lines = [line for line in tail if line.strip()]
         raise JobFailed(_summary(child.returncode, lines), child.returncode, lines)
     if not artifacts.is_finished(job_dir):
         raise JobFailed(f"the job exited without writing {artifacts.METRICS_FILE}", 0, list(tail))
+
+
+def _echo(raw: bytes, line: str) -> None:
+    stream = getattr(sys.stderr, "buffer", None)  # absent where stderr is replaced (pytest's capture)
+    if stream is not None:
+        stream.write(raw)
+        stream.flush()
+    else:
+        sys.stderr.write(line)
 
 
 def _summary(returncode: int, lines: list[str]) -> str:

@@ -206,3 +206,26 @@ def test_optuna_search_rerun_replays_finished_trials(poems_file: Path, tmp_path:
     assert log.count(": finished in an earlier run") == 2, "the seeded sampler proposed the same 2 first"
     assert len(read_jobs(sweep)) == 3
     assert OmegaConf.load(sweep / "optimization_results.yaml").best_value <= results.best_value
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        (
+            "import sys; print('poetry_sft: error: data.path=x: no such file', file=sys.stderr); sys.exit(2)",
+            "data.path=x: no such file",
+        ),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL (out of memory?"),
+        ("raise RuntimeError('CUDA error: an illegal memory access')", "RuntimeError: CUDA error"),
+    ],
+    ids=["our-error", "oom-kill", "crash"],
+)
+def test_a_crashed_job_process_is_recorded_and_the_sweep_goes_on(
+    script: str, expected: str, poems_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import poetry_sft.sweep as sweep
+
+    monkeypatch.setattr(sweep, "child_command", lambda *args: [PYTHON, "-c", script])
+    assert run_job(_job_config(poems_file), tmp_path, []) == math.inf
+    error = json.loads((tmp_path / "error.json").read_text())
+    assert error["error"].startswith(expected) and error["returncode"] != 0
