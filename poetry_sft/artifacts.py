@@ -66,10 +66,14 @@ def is_complete_checkpoint(checkpoint: Path) -> bool:
     ):
         return False
     try:
-        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+        state = read_trainer_state(checkpoint)
     except (OSError, ValueError):  # missing, or cut off mid-write by a kill
         return False
     return isinstance(state, dict) and state.get("global_step") == int(match.group(1))
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
 
 
 def find_resume_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:

@@ -82,6 +82,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     restores weights, optimizer, scheduler and RNG state and skips the batches already seen.
     """
     checkpoint = artifacts.find_resume_checkpoint(run_dir, cfg)
+    resumed = artifacts.read_trainer_state(checkpoint) if checkpoint else {}  # before rotation deletes it
     artifacts.discard_incomplete_checkpoints(run_dir)
     artifacts.save_run_config(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir)
@@ -96,6 +97,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     eval_metrics = trainer.evaluate()
     trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; always the tokenizer
     tokens = int(trainer.state.num_input_tokens_seen)
+    new_tokens = tokens - int(resumed.get("num_input_tokens_seen", 0))  # this session's, for the speed
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss,
         "eval_loss": eval_metrics.get("eval_loss"),
@@ -103,7 +105,8 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "global_step": trainer.state.global_step,
         "train_runtime_s": round(train_seconds, 2),
         "trained_tokens": tokens,
-        "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
+        "tokens_per_s": round(new_tokens / train_seconds, 1) if train_seconds else None,
+        "resumed_from_step": resumed.get("global_step"),
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **_peak_memory(),
     }

@@ -83,6 +83,8 @@ def test_run_killed_mid_training_resumes_where_it_stopped(poems_file: Path, tmp_
     expected = train(run_config(overrides + [f"run_dir={straight}"]), straight)
 
     assert metrics["global_step"] == expected["global_step"] == steps
+    assert metrics["resumed_from_step"] == int(interrupted_at.name.split("-")[1])
+    assert expected["resumed_from_step"] is None
     resumed, uninterrupted = _logged_losses(killed, steps), _logged_losses(straight, steps)
     assert [s for s, _ in resumed] == list(range(1, steps + 1))
     # optimizer, scheduler, RNG and data order restored: the loss curve continues as if never stopped
