@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint train-full train-lora train-qlora
+.PHONY: help install demo test test-slow lint train-full train-lora train-qlora sweep sweep-report
 
 help: ## show this list
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -16,6 +16,12 @@ install: ## install torch first (pinned: an unpinned torch may pull GBs of CUDA 
 
 demo: ## offline CPU demo (~1 min): tiny Qwen3 + LoRA on the shipped poems, reload, print poems
 	$(PY) -m poetry_sft recipe=demo $(ARGS)
+
+sweep: ## small offline CPU sweep (recipes/demo_lora_sweep.yaml: rank x learning rate) -> multirun/demo_sweep/
+	$(PY) -m poetry_sft -m recipe=demo_lora_sweep hydra.sweep.dir=multirun/demo_sweep $(ARGS)
+
+sweep-report: ## rebuild a sweep's summary (csv, md, png): make sweep-report SWEEP=multirun/<dir>
+	$(PY) -m poetry_sft.sweep_report $(or $(SWEEP),multirun/demo_sweep)
 
 test: ## the default test suite: offline, CPU, a few minutes
 	$(PY) -m pytest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from poetry_sft.artifacts import ensure_fresh
+from poetry_sft.artifacts import find_resume_checkpoint
 from poetry_sft.config import register_configs, to_run_config
-from poetry_sft.errors import PoetrySFTError
+from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.paths import CONF_DIR, RECIPES_DIR
 
 log = logging.getLogger("poetry_sft")
@@ -34,10 +35,31 @@ class PreflightCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            to_run_config(config)
-            ensure_fresh(Path(config.hydra.run.dir))
+            _ensure_one_run_dir_for_all_processes(config)
+            # A finished run is refused and a mismatched resume too, before Hydra writes into the directory.
+            find_resume_checkpoint(Path(config.hydra.run.dir), to_run_config(config))
         except PoetrySFTError as err:
             _exit_with(err)
+
+
+def _ensure_one_run_dir_for_all_processes(config: DictConfig) -> None:
+    """Under accelerate launch/torchrun each process composes its own config: a `${now:}` in run_dir could
+    differ between processes started a second apart, and they would train into different directories."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "${now:" in str(
+        OmegaConf.to_container(config, resolve=False).get("run_dir")
+    ):
+        raise ConfigError(
+            "several processes (accelerate launch / torchrun) need one run directory named in advance.\n"
+            "  Fix: add run_dir=runs/<name> to the command (the same for every process)."
+        )
+
+
+def _per_process_overrides(argv: list[str]) -> list[str]:
+    """Processes other than rank 0 log to their own file and leave .hydra/ to rank 0."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return argv
+    return [*argv, "hydra.output_subdir=null", f"hydra.job.name=poetry_sft_rank{rank}"]
 
 
 def _exit_with(err: PoetrySFTError) -> None:
@@ -47,14 +69,18 @@ def _exit_with(err: PoetrySFTError) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode is RunMode.MULTIRUN:  # each job trains in its own process (poetry_sft/sweep.py)
+        from poetry_sft.sweep import run_job
+
+        return run_job(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.job.config_name)
+
     from poetry_sft.training import train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = train(to_run_config(cfg), run_dir)
     except PoetrySFTError as err:
-        if HydraConfig.get().mode is RunMode.MULTIRUN:
-            raise  # Hydra records it as this job's failure
         _exit_with(err)
     log.info("finished: %s (eval_loss %.4f)", run_dir, metrics["eval_loss"])
     log.info("write poems with it: python -m poetry_sft.generate %s --title 春夜喜雨", run_dir)
@@ -62,6 +88,10 @@ def _run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    from poetry_sft.sweep import register_resolvers
+
     register_configs()
     register_recipes()
+    register_resolvers()
+    sys.argv = _per_process_overrides(sys.argv)
     _run()

@@ -85,18 +85,29 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
 
 
 def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics."""
-    artifacts.ensure_fresh(run_dir)
+    """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics.
+
+    A run directory with checkpoints of the same config resumes from the newest complete one: Trainer
+    restores weights, optimizer, scheduler and RNG state and skips the batches already seen.
+    """
+    checkpoint = artifacts.find_resume_checkpoint(run_dir, cfg)
+    resumed = artifacts.read_trainer_state(checkpoint) if checkpoint else {}  # before rotation deletes it
+    artifacts.discard_incomplete_checkpoints(run_dir)
     artifacts.save_run_config(cfg, run_dir)
     _cap_gpu_memory(cfg.hardware)
     trainer = build_trainer(cfg, run_dir)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    else:
+        log.info("interrupted? the same command with run_dir=%s resumes from the last checkpoint", run_dir)
     _reset_peak_memory()
     started = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
     eval_metrics = trainer.evaluate()
     trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; always the tokenizer
     tokens = int(trainer.state.num_input_tokens_seen)
+    new_tokens = tokens - int(resumed.get("num_input_tokens_seen", 0))  # this session's, for the speed
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss,
         "eval_loss": eval_metrics.get("eval_loss"),
@@ -104,11 +115,14 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "global_step": trainer.state.global_step,
         "train_runtime_s": round(train_seconds, 2),
         "trained_tokens": tokens,
-        "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
+        "tokens_per_s": round(new_tokens / train_seconds, 1) if train_seconds else None,
+        "resumed_from_step": resumed.get("global_step"),
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "model_params": model_params(trainer.model),
         **peak_memory(),
     }
+    if not artifacts.is_main_process():
+        return metrics  # under accelerate launch, rank 0 alone samples and writes the run's files
     if cfg.sample_titles:
         from poetry_sft.generate import sample_finished_run
 
