@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poetry_sft import artifacts
-from poetry_sft.config import Precision, RunConfig
-from poetry_sft.data import load_poems, make_formatting_func
+from poetry_sft.config import PACKED_ATTENTION, Batching, Precision, RunConfig
+from poetry_sft.data import prepare_poems
 from poetry_sft.modeling import load_model, load_tokenizer, peft_config, resolve_model_path, resolve_precision
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
         per_device_train_batch_size=hw.per_device_train_batch_size,
         per_device_eval_batch_size=hw.per_device_train_batch_size,
         gradient_accumulation_steps=hw.gradient_accumulation_steps,
-        max_length=hw.max_length,
+        **_batching_args(cfg),
         gradient_checkpointing=hw.gradient_checkpointing,
         optim=cfg.optimizer,
         learning_rate=cfg.method.learning_rate,
@@ -57,22 +57,68 @@ def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
     )
 
 
+def resolve_batching(cfg: RunConfig) -> Batching:
+    if cfg.data.batching is not Batching.auto:
+        return cfg.data.batching
+    return Batching.padding_free if cfg.model.attn_implementation in PACKED_ATTENTION else Batching.padded
+
+
+def _batching_args(cfg: RunConfig) -> dict[str, Any]:
+    """How batches are cut. The data pipeline already dropped poems over max_length, so only packing
+    needs TRL's max_length (its row length); elsewhere None skips TRL's truncation pass."""
+    batching = resolve_batching(cfg)
+    if batching is Batching.packing:
+        return {"packing": True, "packing_strategy": "bfd", "max_length": cfg.hardware.max_length}
+    if batching is Batching.padding_free:
+        return {"padding_free": True, "max_length": None}
+    # Length-grouped batches of similar poems; the sampler reads our `length` column, which the
+    # collator ignores, so keep it instead of letting Trainer drop it and re-measure every row.
+    return {
+        "max_length": None,
+        "train_sampling_strategy": "group_by_length",
+        "length_column_name": "length",
+        "remove_unused_columns": False,
+    }
+
+
 def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
     from trl import SFTTrainer
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.revision)
-    train_set, eval_set = load_poems(cfg.data, seed=cfg.train.seed)
-    log.info("data: %d train / %d eval poems from %s", len(train_set), len(eval_set), cfg.data.path)
+    data = prepare_poems(cfg.data, tokenizer, max_length=cfg.hardware.max_length)
+    log.info(data.summary())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(run_dir / artifacts.DATA_REPORT_FILE, data.report)
     return SFTTrainer(
         model=load_model(cfg, model_path),
         args=sft_config(cfg, run_dir),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=tokenizer,
-        formatting_func=make_formatting_func(cfg.data.prompt_template),
         peft_config=peft_config(cfg.method),
     )
+
+
+def real_token_fraction(trainer: SFTTrainer, max_batches: int = 64) -> float:
+    """Real (non-padding) tokens / all token slots, over the first batches the trainer's own dataloader
+    yields. The RNG is forked so that measuring does not change the order training sees."""
+    import torch
+
+    real = total = 0
+    with torch.random.fork_rng():
+        for i, batch in enumerate(trainer.get_train_dataloader()):
+            if i == max_batches:
+                break
+            ids = batch["input_ids"]
+            mask = batch.get("attention_mask")
+            real += (
+                int(mask.sum())
+                if mask is not None
+                else int((ids != trainer.processing_class.pad_token_id).sum())
+            )
+            total += ids.numel()
+    return round(real / total, 4) if total else 0.0
 
 
 def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -80,6 +126,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     artifacts.ensure_fresh(run_dir)
     artifacts.save_run_config(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir)
+    token_fraction = real_token_fraction(trainer)
     _reset_peak_memory()
     started = time.perf_counter()
     result = trainer.train()
@@ -95,6 +142,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "train_runtime_s": round(train_seconds, 2),
         "trained_tokens": tokens,
         "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
+        "real_token_fraction": token_fraction,  # of the batches' token slots; padding is the rest
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **_peak_memory(),
     }
