@@ -25,6 +25,7 @@ import re
 import shutil
 import string
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -330,17 +331,20 @@ def _chat_skeleton(tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> tu
 
 
 def _tokenize_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
-    tokenizer, head, tail = settings["tokenizer"], settings["head"], settings["tail"]
+    # The prompt is head + user + tail, where head ends in a newline and tail starts with a special
+    # token: both are token boundaries, so only the user text needs tokenising per poem (_verify checks).
+    tokenizer, head_ids, tail_ids = settings["tokenizer"], settings["head_ids"], settings["tail_ids"]
     rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
     pairs = [_user_and_completion(settings["template"], settings["style"], row) for row in rows]
-    prompts = [head + user + tail for user, _ in pairs]
-    completions = [completion + tokenizer.eos_token for _, completion in pairs]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    user_ids = tokenizer([user for user, _ in pairs], add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(
+        [completion + tokenizer.eos_token for _, completion in pairs], add_special_tokens=False
+    )["input_ids"]
     input_ids, labels = [], []
-    for p, c in zip(prompt_ids, completion_ids, strict=True):
-        input_ids.append(p + c)
-        labels.append([-100] * len(p) + c)
+    for u, c in zip(user_ids, completion_ids, strict=True):
+        prompt = head_ids + u + tail_ids
+        input_ids.append(prompt + c)
+        labels.append([-100] * len(prompt) + c)
     return {"input_ids": input_ids, "labels": labels, "length": [len(ids) for ids in input_ids]}
 
 
@@ -425,7 +429,11 @@ def prepare_poems(
         report = json.loads((target / "report.json").read_text(encoding="utf-8"))
         report["cached"] = True
         return PreparedData(load_from_disk(target / "train"), load_from_disk(target / "eval"), report)
-    prepared = _prepare(cfg, tokenizer, max_length, raw if raw is not None else _load_raw(cfg, files))
+    started = time.perf_counter()
+    raw = raw if raw is not None else _load_raw(cfg, files)
+    load_seconds = time.perf_counter() - started
+    prepared = _prepare(cfg, tokenizer, max_length, raw)
+    prepared.report["seconds"] = {"load": round(load_seconds, 2), **prepared.report["seconds"]}
     if use_cache:
         _save(prepared, target)
     return prepared
@@ -436,6 +444,7 @@ def _prepare(
 ) -> PreparedData:
     from datasets import Features, Sequence, Value
 
+    clock = time.perf_counter()
     dataset = _select_columns(raw, cfg)
     rows_in = len(dataset)
     template = prompt_template(cfg)
@@ -490,6 +499,8 @@ def _prepare(
     dataset = dataset.shuffle(seed=cfg.split_seed)
     if cfg.max_samples is not None:
         dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
+    clean_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
     head, tail = _chat_skeleton(tokenizer, cfg.system_prompt)
     rows = dataset
     tokenized = dataset.map(
@@ -499,8 +510,8 @@ def _prepare(
         fn_kwargs={
             "settings": {
                 "tokenizer": tokenizer,
-                "head": head,
-                "tail": tail,
+                "head_ids": tokenizer(head, add_special_tokens=False)["input_ids"],
+                "tail_ids": tokenizer(tail, add_special_tokens=False)["input_ids"],
                 "template": template,
                 "style": cfg.prompt_style,
             }
@@ -521,29 +532,35 @@ def _prepare(
         desc="Tokenizing poems",
     )
     _verify(tokenizer, cfg, rows.select(range(min(8, len(rows)))), tokenized)
+    tokenize_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
     lengths = list(tokenized["length"])
     fits = [i for i, n in enumerate(lengths) if n <= max_length]
     dropped["too_long_tokens"] = len(lengths) - len(fits)
-    tokenized = tokenized.select(fits) if len(fits) < len(lengths) else tokenized
-    n_eval = int(cfg.eval_size) if cfg.eval_size >= 1 else max(1, round(cfg.eval_size * len(tokenized)))
-    if n_eval >= len(tokenized):
+    n_eval = int(cfg.eval_size) if cfg.eval_size >= 1 else max(1, round(cfg.eval_size * len(fits)))
+    if n_eval >= len(fits):
         raise ConfigError(
-            f"data.eval_size={cfg.eval_size} leaves no training poems out of {len(tokenized)} "
+            f"data.eval_size={cfg.eval_size} leaves no training poems out of {len(fits)} "
             f"(dropped: { {k: v for k, v in dropped.items() if v} }): lower data.eval_size, raise "
             "data.max_samples, or raise hardware.max_length if too_long_tokens dropped them"
         )
-    eval_set = tokenized.select(range(n_eval)).flatten_indices(keep_in_memory=True)
-    train_set = tokenized.select(range(n_eval, len(tokenized))).flatten_indices(keep_in_memory=True)
+    # Rows are already shuffled: the first n_eval are the eval set, the rest train.
+    eval_set, train_set = tokenized.select(fits[:n_eval]), tokenized.select(fits[n_eval:])
     report = {
         "source": cfg.path,
         "rows_in": rows_in,
         "dropped": dict(dropped),
-        "rows_out": len(tokenized),
+        "rows_out": len(fits),
         "train_rows": len(train_set),
         "eval_rows": len(eval_set),
         "max_length": max_length,
         "prompt_style": str(cfg.prompt_style),
-        "tokens": _length_stats(list(train_set["length"]) + list(eval_set["length"])),
+        "tokens": _length_stats([lengths[i] for i in fits]),
+        "seconds": {  # this machine, this run: what preparation cost before it was cached
+            "clean": round(clean_seconds, 2),
+            "prompt_and_tokenize": round(tokenize_seconds, 2),
+            "split": round(time.perf_counter() - clock, 2),
+        },
     }
     return PreparedData(train_set, eval_set, report)
 
