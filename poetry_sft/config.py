@@ -50,9 +50,10 @@ class Batching(_Choice):
     padded = "padded"  # dynamic padding to the longest poem of length-grouped batches
 
 
-# Attention implementations that separate concatenated poems by their restarting position ids (packing,
-# padding-free); measured in tests/test_data.py::test_padding_free_loss_equals_unpacked_loss.
-PACKED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+# Attention implementations that keep concatenated poems apart (packing, padding-free): sdpa and eager
+# build a block-diagonal mask from the restarting position ids (tests/test_data.py checks the loss
+# equals the poems' standalone loss); FlashAttention reads the cu_seq_lens that TRL's collator adds.
+PACKED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 
 class Vocabulary(_Choice):

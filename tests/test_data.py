@@ -238,12 +238,17 @@ def _nll(model, input_ids, labels, **kwargs) -> tuple[float, int]:
     return float(loss), int((target != -100).sum())
 
 
-@pytest.mark.parametrize("batching", ["padding_free", "packing"])
-def test_a_packed_batch_has_the_loss_of_its_poems_alone(batching: str, distinct_poems: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("batching", "attention"), [("padding_free", "sdpa"), ("packing", "sdpa"), ("padding_free", "eager")]
+)
+def test_a_packed_batch_has_the_loss_of_its_poems_alone(
+    batching: str, attention: str, distinct_poems: Path, tmp_path: Path
+):
     from poetry_sft.training import build_trainer, real_token_fraction
 
     overrides = [o for o in tiny_overrides("full", distinct_poems) if "deduplicate" not in o]
-    trainer = build_trainer(run_config([*overrides, f"data.batching={batching}"]), tmp_path)
+    overrides += [f"data.batching={batching}", f"model.attn_implementation={attention}"]
+    trainer = build_trainer(run_config(overrides), tmp_path)
     model = trainer.model.eval()
     batch = next(iter(trainer.get_train_dataloader()))
     assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
@@ -267,3 +272,16 @@ def test_a_run_reports_its_data_and_real_token_fraction(poems_file: Path, tmp_pa
     assert metrics["real_token_fraction"] == 1.0  # padding-free: no padding at all
     report = json.loads((run_dir / artifacts.DATA_REPORT_FILE).read_text(encoding="utf-8"))
     assert report["rows_in"] == 32 and report["train_rows"] == 28 and report["tokens"]["max"] <= 96
+
+
+def test_padded_batching_groups_poems_by_length(distinct_poems: Path, tmp_path: Path):
+    from poetry_sft.training import build_trainer, real_token_fraction
+
+    overrides = [o for o in tiny_overrides("lora", distinct_poems) if "deduplicate" not in o]
+    overrides += ["data.batching=padded", "data.eval_size=1"]
+    trainer = build_trainer(run_config(overrides), tmp_path)
+    assert trainer.args.train_sampling_strategy == "group_by_length"
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["attention_mask"].shape == batch["input_ids"].shape and "position_ids" not in batch
+    assert 0.5 < real_token_fraction(trainer) <= 1.0
+    trainer.train()  # the `length` column the sampler reads does not reach the model
