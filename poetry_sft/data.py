@@ -1,52 +1,178 @@
-"""Poems in, prompt texts out: loading (Hub or local files), column mapping, train/eval split."""
+"""Poems in, training examples out: loading, cleaning, selection, chat prompts, tokenisation, split.
+
+One pass, cached as a whole (keyed by the source, the data config, the tokenizer and max_length):
+
+  load (Hub id or local files, column mapping)  -> clean (drop and count bad rows, normalise lines)
+  -> select (dynasty/author/form)  -> deduplicate  -> shuffle (data.split_seed)  -> max_samples
+  -> prompt + tokenise (chat template, thinking off)  -> drop poems longer than max_length tokens
+  -> split (eval first, train the rest)  -> report (rows dropped by reason, token length percentiles)
+
+The examples are TRL's pre-tokenised prompt-completion form: `input_ids` and `labels` (-100 on the
+prompt), so SFTTrainer trains on the poem and its end-of-turn token only. `make_formatting_func`
+gives the same example in TRL's conversational prompt-completion format; tests check that TRL's own
+tokenisation of that example yields our labels. We tokenise ourselves because TRL renders the chat
+template twice and tokenises twice per example, one example at a time: minutes on the 321k-poem
+corpus, against seconds for one batched pass (bench/bench_data.py).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import string
+import tempfile
+import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from poetry_sft.config import DataConfig
-from poetry_sft.errors import ConfigError, ResourceNotFoundError
-from poetry_sft.paths import SAMPLE_POEMS
+from poetry_sft.config import DataConfig, PromptStyle
+from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError
+from poetry_sft.metrics import OTHER_FORM, classify_form, line_lengths, split_lines
+from poetry_sft.paths import SAMPLE_POEMS, cache_dir
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
+log = logging.getLogger(__name__)
+
+_PIPELINE_VERSION = "1"  # bump when the output of prepare_poems changes for the same inputs
 # datasets builder for each local file type
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
+# ---------------------------------------------------------------------------------------------
+# Forms: shapes derived from the lines, for selection and the form_theme prompt
 
-def load_poems(cfg: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
-    """(train, eval) with columns `title` and `content`, shuffled with `seed`, no poem in both."""
-    dataset = _load_raw(cfg)
-    missing = [c for c in (cfg.title_column, cfg.content_column) if c not in dataset.column_names]
-    if missing:
-        raise ConfigError(
-            f"data set '{cfg.path}' has no column {', '.join(map(repr, missing))}; it has "
-            f"{dataset.column_names}. Fix: map the columns, e.g. data.title_column=<name> "
-            "data.content_column=<name>"
+# The four regulated forms (metrics.classify_form), then the shapes the rest of a corpus takes.
+FORM_NAMES = ("五言绝句", "七言绝句", "五言律诗", "七言律诗", "五言诗", "七言诗", "长短句", "杂体诗")
+
+
+def poem_form(content: str) -> str:
+    """One of FORM_NAMES: a regulated form by shape, else 五言诗/七言诗 (equal lines), 长短句 (lines of
+    unequal length: 词 and 杂言), 杂体诗 (anything else)."""
+    form = classify_form(content)
+    if form != OTHER_FORM:
+        return form
+    lengths = set(line_lengths(content))
+    if len(lengths) > 1:
+        return "长短句"
+    return {5: "五言诗", 7: "七言诗"}.get(next(iter(lengths), 0), "杂体诗")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+PROMPT_TEMPLATES: dict[PromptStyle, str] = {
+    PromptStyle.title: "以《{title}》为题，写一首古诗。",
+    PromptStyle.first_line: "续写这首古诗，首句是：{first_line}",
+    PromptStyle.form_theme: "以「{title}」为主题，写一首{form}。",
+}
+PROMPT_FIELDS = ("title", "author", "dynasty", "form", "first_line")
+# The Qwen3 chat template renders an empty <think></think> block before the answer when thinking is
+# off; it belongs to the prompt (masked), so the model never learns to write <think> itself.
+CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
+
+
+def prompt_template(cfg: DataConfig) -> str:
+    return cfg.prompt_template if cfg.prompt_template is not None else PROMPT_TEMPLATES[cfg.prompt_style]
+
+
+def prompt_fields(template: str) -> set[str]:
+    """The {fields} a user-message template uses; ValueError for unknown ones or broken braces."""
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    if unknown := fields - set(PROMPT_FIELDS):
+        raise ValueError(
+            f"unknown field(s) {sorted(unknown)}; use {', '.join('{' + f + '}' for f in PROMPT_FIELDS)}"
         )
-    dataset = dataset.select_columns([cfg.title_column, cfg.content_column])
-    dataset = dataset.rename_columns({cfg.title_column: "title", cfg.content_column: "content"})
-    dataset = dataset.filter(lambda row: bool(row["content"]) and isinstance(row["content"], str))
-    dataset = dataset.shuffle(seed=seed)
-    if cfg.max_samples is not None:
-        dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
-    eval_size = int(cfg.eval_size) if cfg.eval_size >= 1 else cfg.eval_size
-    if isinstance(eval_size, int) and eval_size >= len(dataset):
+    return fields
+
+
+_FIRST_LINE = re.compile(r"^(.+?[，。？！；,.?!;])\s*(.+)$", re.DOTALL)
+
+
+def split_first_line(content: str) -> tuple[str, str] | None:
+    """(first line with its punctuation, the rest), or None for a poem of one line."""
+    match = _FIRST_LINE.match(content)
+    return (match[1], match[2]) if match and split_lines(match[2]) else None
+
+
+def _user_and_completion(template: str, style: PromptStyle, row: dict[str, Any]) -> tuple[str, str]:
+    content = row["content"]
+    fields = {
+        "title": row.get("title", ""),
+        "author": row.get("author", ""),
+        "dynasty": row.get("dynasty", ""),
+    }
+    if "{form}" in template:
+        fields["form"] = row.get("form") or poem_form(content)
+    if style is PromptStyle.first_line:
+        parts = split_first_line(content)
+        if parts is None:
+            raise ValueError(f"a one-line poem cannot be continued: {content!r}")
+        fields["first_line"], content = parts
+    return template.format(**fields), content
+
+
+def _messages(system_prompt: str, user: str) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": user}]
+
+
+def make_formatting_func(cfg: DataConfig) -> Callable[[dict], dict]:
+    """A poem row -> TRL's conversational prompt-completion example: the question and the poem."""
+    template = prompt_template(cfg)
+
+    def formatting_func(row: dict) -> dict:
+        user, completion = _user_and_completion(template, cfg.prompt_style, row)
+        return {
+            "prompt": _messages(cfg.system_prompt, user),
+            "completion": [{"role": "assistant", "content": completion}],
+            "chat_template_kwargs": CHAT_TEMPLATE_KWARGS,
+        }
+
+    return formatting_func
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str, user: str) -> str:
+    """The rendered chat up to where the assistant's answer starts (thinking disabled)."""
+    if not tokenizer.chat_template:
         raise ConfigError(
-            f"data.eval_size={eval_size} leaves no training rows out of {len(dataset)}: "
-            "lower data.eval_size or raise data.max_samples"
+            f"the tokenizer of '{tokenizer.name_or_path}' has no chat template; poetry_sft renders prompts "
+            "with it. Fix: use a chat model's tokenizer (e.g. Qwen/Qwen3-0.6B) or set tokenizer.chat_template"
         )
-    split = dataset.train_test_split(test_size=eval_size, seed=seed, shuffle=False)
-    return split["train"], split["test"]
+    return tokenizer.apply_chat_template(
+        _messages(system_prompt, user), tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
+    )
 
 
-def _load_raw(cfg: DataConfig) -> Dataset:
-    from datasets import load_dataset
+def generation_prompt(tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, title: str, **fields: str) -> str:
+    """The text a model sees before writing the poem for `title`: exactly the training prompt.
 
+    Styles that need more than a title take it as a keyword: first_line=..., form=..., author=...
+    """
+    template = prompt_template(cfg)
+    values = {"title": title, **fields}
+    if missing := sorted(prompt_fields(template) - set(values)):
+        raise ConfigError(
+            f"data.prompt_style={cfg.prompt_style} prompts need {', '.join(missing)} besides the title; "
+            f"pass {', '.join(f'{m}=...' for m in missing)} to generation_prompt"
+        )
+    return chat_prompt(tokenizer, cfg.system_prompt, template.format(**values))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _source_files(cfg: DataConfig) -> list[Path] | None:
+    """The local files behind data.path, or None for a Hub id. ConfigError for unusable paths."""
     path = SAMPLE_POEMS if cfg.path == "sample" else Path(cfg.path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in _BUILDERS)
@@ -55,15 +181,23 @@ def _load_raw(cfg: DataConfig) -> Dataset:
                 f"data.path={cfg.path} must hold files of one type ({', '.join(_BUILDERS)}); found "
                 f"{[p.name for p in files] or 'none'}"
             )
-        return load_dataset(_BUILDERS[files[0].suffix], data_files=[str(p) for p in files], split="train")
+        return files
     if path.is_file():
         if path.suffix not in _BUILDERS:
             raise ConfigError(
                 f"data.path={cfg.path}: unsupported file type; use one of {', '.join(_BUILDERS)}"
             )
-        return load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
+        return [path]
     if path.suffix in _BUILDERS:
         raise ConfigError(f"data.path={cfg.path}: no such file (looked in {path.resolve().parent})")
+    return None
+
+
+def _load_raw(cfg: DataConfig, files: list[Path] | None) -> Dataset:
+    from datasets import load_dataset
+
+    if files is not None:
+        return load_dataset(_BUILDERS[files[0].suffix], data_files=[str(p) for p in files], split="train")
     try:
         return load_dataset(cfg.path, split=cfg.split)
     except Exception as err:  # the Hub raises a dozen types for "not reachable" / "no such data set"
@@ -75,15 +209,415 @@ def _load_raw(cfg: DataConfig) -> Dataset:
         ) from err
 
 
-def generation_prompt(tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, title: str) -> str:
-    """The text a model sees before writing the poem for `title`: exactly the training prompt."""
-    return cfg.prompt_template.format(title=title)
+def _column_map(cfg: DataConfig) -> dict[str, str]:
+    """source column -> our column"""
+    columns = {cfg.title_column: "title", cfg.content_column: "content"}
+    for ours in ("author", "dynasty"):
+        if (source := getattr(cfg, f"{ours}_column")) is not None:
+            columns[source] = ours
+    return columns
 
 
-def make_formatting_func(prompt_template: str) -> Callable[[dict], str]:
-    """Prompt + poem as one text; SFTTrainer appends the tokenizer's eos so the model learns to stop."""
+def _select_columns(dataset: Dataset, cfg: DataConfig) -> Dataset:
+    """title/content, plus author/dynasty where mapped and present; missing ones fail only when used."""
+    columns = _column_map(cfg)
+    used = prompt_fields(prompt_template(cfg)) | {"title", "content"}
+    used |= {key for key, chosen in (("author", cfg.authors), ("dynasty", cfg.dynasties)) if chosen}
+    missing = [src for src, ours in columns.items() if ours in used and src not in dataset.column_names]
+    if missing:
+        fixes = " ".join(f"data.{columns[c]}_column=<name>" for c in missing)
+        raise ConfigError(
+            f"data set '{cfg.path}' has no column {', '.join(map(repr, missing))}; it has "
+            f"{dataset.column_names}. Fix: map the columns, e.g. {fixes}"
+        )
+    columns = {src: ours for src, ours in columns.items() if src in dataset.column_names}
+    return dataset.select_columns(list(columns)).rename_columns(
+        {src: ours for src, ours in columns.items() if src != ours}
+    )
 
-    def formatting_func(example: dict) -> str:
-        return prompt_template.format(title=example["title"]) + example["content"]
 
-    return formatting_func
+# ---------------------------------------------------------------------------------------------
+# Cleaning: every row gets a reason ("" = keep); the report counts them
+
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+_HAN_CHAR = re.compile(f"[{_HAN}]")
+# Placeholders for lost characters (□), the replacement character of broken decoding, private-use
+# code points (old corpora's stand-ins for rare characters): the text at that spot is unknown.
+_PLACEHOLDER = re.compile("[□■\ufffd\ue000-\uf8ff]")
+# Letters that are neither Chinese nor punctuation/space: mojibake (é¹), Latin text, digits.
+_FOREIGN = re.compile(
+    rf"[^{_HAN}\s\u2000-\u206f\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+    r"!-/:-@\[-`{-~·]"
+)
+
+DROP_REASONS = (
+    "not_text",  # content missing or not a string
+    "empty",  # nothing but whitespace
+    "placeholder",  # □ / � / private-use characters: lost text
+    "garbled",  # too few Chinese characters: mojibake or not Chinese
+    "too_short",  # fewer than data.min_chars Chinese characters
+    "too_long_chars",  # more than data.max_chars
+    "no_title",  # the prompt needs a title and there is none (likewise no_author, no_dynasty)
+    "no_author",
+    "no_dynasty",
+    "one_line",  # prompt_style=first_line needs a second line to continue
+    "not_selected",  # outside data.dynasties / data.authors / data.forms
+    "duplicate",  # the same poem text again (the first copy stays)
+    "too_long_tokens",  # prompt + poem longer than hardware.max_length tokens
+)
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _normalise(content: str) -> str:
+    if not ("\r" in content or " \n" in content or "\n " in content or "\n\n" in content) and (
+        content == content.strip()
+    ):
+        return content  # the common case, without splitting
+    lines = (line.strip() for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
+    reasons, contents, forms = [], [], []
+    extra = {key: [_text(v) for v in batch[key]] for key in ("title", "author", "dynasty") if key in batch}
+    for i, raw in enumerate(batch["content"]):
+        content = _normalise(raw) if isinstance(raw, str) else ""
+        form = ""
+        if not isinstance(raw, str):
+            reason = "not_text"
+        elif not content:
+            reason = "empty"
+        elif _PLACEHOLDER.search(content):
+            reason = "placeholder"
+        else:
+            han = len(_HAN_CHAR.findall(content))
+            foreign = len(_FOREIGN.findall(content))
+            if han == 0 or han < settings["min_chinese_fraction"] * (han + foreign):
+                reason = "garbled"
+            elif han < settings["min_chars"]:
+                reason = "too_short"
+            elif settings["max_chars"] is not None and han > settings["max_chars"]:
+                reason = "too_long_chars"
+            else:
+                reason = next((f"no_{k}" for k in settings["needed"] if not extra[k][i]), "")
+                if not reason and settings["one_line_ok"] is False and split_first_line(content) is None:
+                    reason = "one_line"
+                if not reason and settings["need_form"]:
+                    form = poem_form(content)
+                if not reason and settings["selection"]:
+                    values = {"form": form, **{key: column[i] for key, column in extra.items()}}
+                    if any(values[key] not in chosen for key, chosen in settings["selection"].items()):
+                        reason = "not_selected"
+        reasons.append(reason)
+        contents.append(content)
+        forms.append(form)
+    return {**extra, "content": contents, "form": forms, "reason": reasons}
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt + tokenise
+
+
+def _chat_skeleton(tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> tuple[str, str]:
+    """(text before, text after) the user message in the rendered prompt: rendering the template once,
+    not once per poem (~140 us each on 321k poems). Verified against full renders in _verify."""
+    marker = "\u2060POETRY_SFT_USER\u2060"
+    rendered = chat_prompt(tokenizer, system_prompt, marker)
+    if rendered.count(marker) != 1:
+        raise PoetrySFTError(
+            f"the chat template of '{tokenizer.name_or_path}' does not render the user text once"
+        )
+    head, tail = rendered.split(marker)
+    return head, tail
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids only. A fast tokenizer's Rust backend directly: transformers' wrapper spends ~40% of
+    the time building Python lists of attention masks and offsets nobody reads."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def _tokenize_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
+    # The prompt is head + user + tail, where head ends in a newline and tail starts with a special
+    # token: both are token boundaries, so only the user text needs tokenising per poem (_verify checks).
+    tokenizer, head_ids, tail_ids = settings["tokenizer"], settings["head_ids"], settings["tail_ids"]
+    rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    pairs = [_user_and_completion(settings["template"], settings["style"], row) for row in rows]
+    user_ids = _encode(tokenizer, [user for user, _ in pairs])
+    completion_ids = _encode(tokenizer, [completion + tokenizer.eos_token for _, completion in pairs])
+    input_ids, labels = [], []
+    for u, c in zip(user_ids, completion_ids, strict=True):
+        prompt = head_ids + u + tail_ids
+        input_ids.append(prompt + c)
+        labels.append([-100] * len(prompt) + c)
+    return {"input_ids": input_ids, "labels": labels, "length": [len(ids) for ids in input_ids]}
+
+
+def _verify(tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, rows: Dataset, tokenized: Dataset) -> None:
+    """Our fast path must equal the tokenizer's own rendering of the same chat, token for token."""
+    formatting_func = make_formatting_func(cfg)
+    for row, example in zip(rows, tokenized, strict=False):
+        chat = formatting_func(row)
+        rendered = tokenizer.apply_chat_template(
+            chat["prompt"] + chat["completion"], tokenize=False, **CHAT_TEMPLATE_KWARGS
+        )
+        expected = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        ids = example["input_ids"]
+        if expected[: len(ids)] != ids or ids[-1] != tokenizer.eos_token_id:
+            raise PoetrySFTError(
+                f"the chat template of '{tokenizer.name_or_path}' renders poems differently from the "
+                f"prompt + poem + eos that poetry_sft trains on:\n  template: {rendered!r}\n  "
+                f"ours: {tokenizer.decode(ids)!r}\n  (the template's end-of-turn token must be the eos token)"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclass
+class PreparedData:
+    train: Dataset  # input_ids, labels (-100 on the prompt), length
+    eval: Dataset
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        r = self.report
+        dropped = ", ".join(f"{k} {v:,}" for k, v in r["dropped"].items() if v) or "none"
+        t = r["tokens"]
+        return (
+            f"data: {r['rows_in']:,} rows in, {r['rows_out']:,} out (dropped: {dropped}); "
+            f"{r['train_rows']:,} train / {r['eval_rows']:,} eval; tokens per example p50 {t['p50']} "
+            f"p90 {t['p90']} p99 {t['p99']} max {t['max']}" + (" (cached)" if r.get("cached") else "")
+        )
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocabulary = backend.to_str() if backend else json.dumps(sorted(tokenizer.get_vocab().items()))
+    digest = hashlib.sha256(vocabulary.encode())
+    for part in (tokenizer.chat_template or "", tokenizer.eos_token, tokenizer.pad_token or ""):
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:16]
+
+
+def _cache_key(cfg: DataConfig, source: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("name", "num_proc")}
+    payload = json.dumps(
+        [_PIPELINE_VERSION, source, settings, tokenizer_fingerprint(tokenizer), max_length],
+        sort_keys=True,
+        default=str,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _fingerprint(dataset: Dataset, step: str, indices: list[int]) -> str:
+    """Stands in for datasets' own fingerprint, which pickles the whole index list (seconds at 300k rows)."""
+    import numpy as np
+
+    digest = hashlib.sha256(f"{dataset._fingerprint}:{step}".encode())
+    digest.update(np.asarray(indices, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _num_proc(cfg: DataConfig, rows: int) -> int | None:
+    # A worker costs start-up time and a pickled copy of the tokenizer: worth it from ~50k rows each.
+    procs = min(cfg.num_proc or os.cpu_count() or 1, rows // 50_000)
+    return procs if procs > 1 else None
+
+
+def prepare_poems(
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_length: int, use_cache: bool = True
+) -> PreparedData:
+    """Cleaned, prompted, tokenised (train, eval) and the data report; cached across runs."""
+    files = _source_files(cfg)
+    if files is not None:
+        source = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+        raw = None
+    else:
+        raw = _load_raw(cfg, None)
+        source = f"hub:{cfg.path}:{cfg.split}:{raw._fingerprint}"
+    target = cache_dir() / "data" / _cache_key(cfg, source, tokenizer, max_length)
+    if use_cache and (target / "report.json").is_file():
+        from datasets import load_from_disk
+
+        report = json.loads((target / "report.json").read_text(encoding="utf-8"))
+        report["cached"] = True
+        return PreparedData(load_from_disk(target / "train"), load_from_disk(target / "eval"), report)
+    started = time.perf_counter()
+    raw = raw if raw is not None else _load_raw(cfg, files)
+    load_seconds = time.perf_counter() - started
+    prepared = _prepare(cfg, tokenizer, max_length, raw)
+    prepared.report["seconds"] = {"load": round(load_seconds, 2), **prepared.report["seconds"]}
+    if use_cache:
+        _save(prepared, target)
+    return prepared
+
+
+def _prepare(
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_length: int, raw: Dataset
+) -> PreparedData:
+    from datasets import Features, Sequence, Value
+
+    clock = time.perf_counter()
+    dataset = _select_columns(raw, cfg)
+    rows_in = len(dataset)
+    template = prompt_template(cfg)
+    fields = prompt_fields(template)
+    settings = {
+        "min_chinese_fraction": cfg.min_chinese_fraction,
+        "min_chars": cfg.min_chars,
+        "max_chars": cfg.max_chars,
+        "needed": [f for f in ("title", "author", "dynasty") if f in fields],
+        "one_line_ok": cfg.prompt_style is not PromptStyle.first_line,
+        "need_form": bool(cfg.forms) or "form" in fields,
+        "selection": {
+            key: set(chosen)
+            for key, chosen in (("dynasty", cfg.dynasties), ("author", cfg.authors), ("form", cfg.forms))
+            if chosen
+        },
+    }
+    dataset = dataset.map(
+        _clean_batch,
+        batched=True,
+        batch_size=5000,
+        fn_kwargs={"settings": settings},
+        keep_in_memory=True,  # one process: ~10 us a row, cheaper than shipping rows to workers
+        new_fingerprint=hashlib.sha256(json.dumps([raw._fingerprint, str(settings)]).encode()).hexdigest()[
+            :16
+        ],
+        desc="Cleaning poems",
+    )
+    dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+    # Whole Arrow columns: iterating a datasets Column goes row by row (~100 us a row).
+    reasons = dataset.data.column("reason").to_pylist()
+    dropped.update(r for r in reasons if r)
+    keep = [i for i, r in enumerate(reasons) if not r]
+    # Exact duplicates: the same normalised text is one poem, whatever its title; the first copy stays,
+    # so no poem lands in both train and eval.
+    contents = dataset.data.column("content").to_pylist()
+    seen: set[str] = set()
+    unique = []
+    for i in keep:
+        content = contents[i]
+        if content in seen and cfg.deduplicate:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(content)
+            unique.append(i)
+    if not unique:
+        raise PoetrySFTError(
+            f"no poems left in '{cfg.path}' after cleaning and selection (dropped: "
+            f"{ {k: v for k, v in dropped.items() if v} }). Check the column mapping and data.dynasties/"
+            "authors/forms/min_chars"
+        )
+    dataset = dataset.select(unique, new_fingerprint=_fingerprint(dataset, "dedupe", unique))
+    dataset = dataset.remove_columns(["reason"])
+    dataset = dataset.shuffle(seed=cfg.split_seed)
+    if cfg.max_samples is not None:
+        dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
+    procs = _num_proc(cfg, len(dataset))
+    clean_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    head, tail = _chat_skeleton(tokenizer, cfg.system_prompt)
+    rows = dataset
+    tokenized = dataset.map(
+        _tokenize_batch,
+        batched=True,
+        batch_size=2000,
+        fn_kwargs={
+            "settings": {
+                "tokenizer": tokenizer,
+                "head_ids": tokenizer(head, add_special_tokens=False)["input_ids"],
+                "tail_ids": tokenizer(tail, add_special_tokens=False)["input_ids"],
+                "template": template,
+                "style": cfg.prompt_style,
+            }
+        },
+        remove_columns=dataset.column_names,
+        features=Features(
+            {
+                "input_ids": Sequence(Value("int32")),
+                "labels": Sequence(Value("int32")),
+                "length": Value("int32"),
+            }
+        ),
+        num_proc=procs,
+        keep_in_memory=True,
+        new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}{head}{tail}{template}".encode()).hexdigest()[
+            :16
+        ],
+        desc="Tokenizing poems",
+    )
+    _verify(tokenizer, cfg, rows.select(range(min(8, len(rows)))), tokenized)
+    tokenize_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    lengths = tokenized.data.column("length").to_pylist()
+    fits = [i for i, n in enumerate(lengths) if n <= max_length]
+    dropped["too_long_tokens"] = len(lengths) - len(fits)
+    n_eval = int(cfg.eval_size) if cfg.eval_size >= 1 else max(1, round(cfg.eval_size * len(fits)))
+    if n_eval >= len(fits):
+        raise ConfigError(
+            f"data.eval_size={cfg.eval_size} leaves no training poems out of {len(fits)} "
+            f"(dropped: { {k: v for k, v in dropped.items() if v} }): lower data.eval_size, raise "
+            "data.max_samples, or raise hardware.max_length if too_long_tokens dropped them"
+        )
+    # Rows are already shuffled: the first n_eval are the eval set, the rest train.
+    eval_rows, train_rows = fits[:n_eval], fits[n_eval:]
+    eval_set = tokenized.select(eval_rows, new_fingerprint=_fingerprint(tokenized, "eval", eval_rows))
+    train_set = tokenized.select(train_rows, new_fingerprint=_fingerprint(tokenized, "train", train_rows))
+    report = {
+        "source": cfg.path,
+        "rows_in": rows_in,
+        "dropped": dict(dropped),
+        "rows_out": len(fits),
+        "train_rows": len(train_set),
+        "eval_rows": len(eval_set),
+        "max_length": max_length,
+        "prompt_style": str(cfg.prompt_style),
+        "tokens": _length_stats([lengths[i] for i in fits]),
+        "seconds": {  # this machine, this run: what preparation cost before it was cached
+            "clean": round(clean_seconds, 2),
+            "prompt_and_tokenize": round(tokenize_seconds, 2),
+            "split": round(time.perf_counter() - clock, 2),
+        },
+    }
+    return PreparedData(train_set, eval_set, report)
+
+
+def _length_stats(lengths: list[int]) -> dict[str, float]:
+    import numpy as np
+
+    values = np.asarray(lengths)
+    p50, p90, p99 = (int(np.percentile(values, q)) for q in (50, 90, 99))
+    return {
+        "total": int(values.sum()),
+        "mean": round(float(values.mean()), 1),
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+        "max": int(values.max()),
+    }
+
+
+def _save(prepared: PreparedData, target: Path) -> None:
+    """Write into a sibling temp dir and rename: a concurrent run never reads half a cache entry."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    try:
+        prepared.train.save_to_disk(str(staging / "train"))
+        prepared.eval.save_to_disk(str(staging / "eval"))
+        (staging / "report.json").write_text(json.dumps(prepared.report, ensure_ascii=False, indent=2))
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "report.json").is_file():  # lost a race to another run: theirs is as good
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poetry_sft import artifacts
-from poetry_sft.config import HardwareConfig, Precision, RunConfig
-from poetry_sft.data import load_poems, make_formatting_func
+from poetry_sft.config import PACKED_ATTENTION, Batching, HardwareConfig, Precision, RunConfig
+from poetry_sft.data import prepare_poems
 from poetry_sft.modeling import load_model, load_tokenizer, peft_config, resolve_model_path, resolve_precision
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
         per_device_train_batch_size=hw.per_device_train_batch_size,
         per_device_eval_batch_size=hw.per_device_train_batch_size,
         gradient_accumulation_steps=hw.gradient_accumulation_steps,
-        max_length=hw.max_length,
+        **_batching_args(cfg),
         gradient_checkpointing=hw.gradient_checkpointing,
         optim=cfg.optimizer,
         learning_rate=cfg.method.learning_rate,
@@ -61,20 +61,46 @@ def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
     )
 
 
+def resolve_batching(cfg: RunConfig) -> Batching:
+    if cfg.data.batching is not Batching.auto:
+        return cfg.data.batching
+    return Batching.padding_free if cfg.model.attn_implementation in PACKED_ATTENTION else Batching.padded
+
+
+def _batching_args(cfg: RunConfig) -> dict[str, Any]:
+    """How batches are cut. The data pipeline already dropped poems over max_length, so only packing
+    needs TRL's max_length (its row length); elsewhere None skips TRL's truncation pass."""
+    batching = resolve_batching(cfg)
+    if batching is Batching.packing:
+        return {"packing": True, "packing_strategy": "bfd", "max_length": cfg.hardware.max_length}
+    if batching is Batching.padding_free:
+        return {"padding_free": True, "max_length": None}
+    # Length-grouped batches of similar poems; the sampler reads our `length` column, which the
+    # collator ignores, so keep it instead of letting Trainer drop it and re-measure every row.
+    return {
+        "max_length": None,
+        "train_sampling_strategy": "group_by_length",
+        "length_column_name": "length",
+        "remove_unused_columns": False,
+    }
+
+
 def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
     from trl import SFTTrainer
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.revision)
-    train_set, eval_set = load_poems(cfg.data, seed=cfg.train.seed)
-    log.info("data: %d train / %d eval poems from %s", len(train_set), len(eval_set), cfg.data.path)
+    data = prepare_poems(cfg.data, tokenizer, max_length=cfg.hardware.max_length)
+    log.info(data.summary())
+    if artifacts.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(run_dir / artifacts.DATA_REPORT_FILE, data.report)
     trainer = SFTTrainer(
         model=load_model(cfg, model_path),
         args=sft_config(cfg, run_dir),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=tokenizer,
-        formatting_func=make_formatting_func(cfg.data.prompt_template),
         peft_config=peft_config(cfg.method),
     )
     if cfg.generation.eval_titles:  # poems scored at each evaluation, logged beside eval_loss
@@ -82,6 +108,27 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
 
         trainer.add_callback(PoetryEvalCallback(trainer, cfg, run_dir))
     return trainer
+
+
+def real_token_fraction(trainer: SFTTrainer, max_batches: int = 64) -> float:
+    """Real (non-padding) tokens / all token slots, over the first batches the trainer's own dataloader
+    yields. The RNG is forked so that measuring does not change the order training sees."""
+    import torch
+
+    real = total = 0
+    with torch.random.fork_rng():
+        for i, batch in enumerate(trainer.get_train_dataloader()):
+            if i == max_batches:
+                break
+            ids = batch["input_ids"]
+            mask = batch.get("attention_mask")
+            real += (
+                int(mask.sum())
+                if mask is not None
+                else int((ids != trainer.processing_class.pad_token_id).sum())
+            )
+            total += ids.numel()
+    return round(real / total, 4) if total else 0.0
 
 
 def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -100,6 +147,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         log.info("resuming from %s", checkpoint)
     else:
         log.info("interrupted? the same command with run_dir=%s resumes from the last checkpoint", run_dir)
+    token_fraction = real_token_fraction(trainer)
     _reset_peak_memory()
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -117,6 +165,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "trained_tokens": tokens,
         "tokens_per_s": round(new_tokens / train_seconds, 1) if train_seconds else None,
         "resumed_from_step": resumed.get("global_step"),
+        "real_token_fraction": token_fraction,  # of the batches' token slots; padding is the rest
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "model_params": model_params(trainer.model),
         **peak_memory(),

@@ -63,9 +63,10 @@ def tiny_overrides(method: str, data_path: Path, steps: int = 3, hardware: str =
         f"hardware={hardware}",
         f"data.path={data_path}",
         "data.eval_size=4",
+        "data.deduplicate=false",  # the fixture repeats its poems on purpose
         "hardware.per_device_train_batch_size=4",
         "hardware.gradient_accumulation_steps=1",
-        "hardware.max_length=64",
+        "hardware.max_length=96",  # chat prompt (~40 tokens) + a quatrain (~30): poems over it are dropped
         f"train.max_steps={steps}",
         "train.logging_steps=1",
         "train.eval_steps=1000",
