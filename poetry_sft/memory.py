@@ -27,6 +27,10 @@ transformers 5.23, peft 0.21, TRL 1.16 and bitsandbytes 0.50), for a Qwen3-style
 * Logits: TRL's SFTTrainer scores tokens with a fused, chunked LM head (``chunked_loss=True``): tiles
   of 4096 tokens x 32768 vocab, fp32 gradient accumulators, never the (tokens, 151k) logits. The plain
   ``model(labels=...)`` loss materialises the logits, an fp32 copy, fp32 log-probs and their gradient.
+* Phases: the persistent state (weights, adapters, gradients, optimizer states) carries through the
+  step; on top of it come, one after the other, the LM head's backward and each layer's backward (both
+  beside the saved activations), the embedding's backward and the optimizer step. The peak is the
+  largest of these.
 * Overhead: a fragmentation margin on top of the allocator's peak, and the CUDA context, which torch's
   counters never see.
 
@@ -195,7 +199,7 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
 
 
-# Components held for the whole step, and the phases that come and go within it. See MemoryPlan.total.
+# Held through the whole step (paged optimizer states aside, in torch's counters).
 PERSISTENT = ("weights", "lora", "gradients", "optimizer")
 ROW_LABELS = {
     "weights": "weights",
@@ -203,36 +207,38 @@ ROW_LABELS = {
     "gradients": "gradients",
     "optimizer": "optimizer states",
     "activations": "activations saved for backward",
-    "logits": "LM head + loss (peak of backward's start)",
-    "recompute": "one layer's backward (recompute + grads)",
-    "optimizer_step": "optimizer step temporaries",
+    "logits": "  LM head + loss (+ activations)",
+    "recompute": "  one layer's backward (+ activations)",
+    "embedding_grad": "  embedding backward",
+    "optimizer_step": "  optimizer step",
     "allocator": "allocator margin",
     "cuda_context": "CUDA context",
 }
+PHASES_HEADER = "temporaries, the largest phase counts:"
+
+
+def _peak_of_phases(items: dict[str, float]) -> float:
+    """The largest of the step's phases, on top of the persistent state. Backward starts with the LM
+    head and then runs layer by layer, both on top of the saved activations; the embedding's backward
+    ends it and the optimizer step follows, once the activations are freed."""
+    backward = items["activations"] + max(items["logits"], items["recompute"])
+    return max(backward, items["embedding_grad"], items["optimizer_step"])
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Bytes by component. Not all of them coexist; ``allocated`` combines them the way a step runs:
-
-    persistent (weights, adapters, gradients, optimizer states) plus the larger of the backward pass
-    (activations + the larger of the LM head's and one layer's backward temporaries: they happen at
-    different moments) and the optimizer step (after backward has freed the activations).
-    """
+    """Bytes by component. Not all of them coexist: ``allocated`` adds the persistent ones (weights,
+    adapters, gradients, optimizer states) to the largest phase of a step (``_peak_of_phases``)."""
 
     items: dict[str, float]
     paged: float = 0.0  # part of items["optimizer"] in CUDA managed memory (outside torch's counters)
     notes: tuple[str, ...] = ()
 
     @property
-    def backward_peak(self) -> float:
-        return self.items["activations"] + max(self.items["logits"], self.items["recompute"])
-
-    @property
     def allocated(self) -> float:
         """Predicts ``torch.cuda.max_memory_allocated()``."""
         persistent = sum(self.items[name] for name in PERSISTENT) - self.paged
-        return persistent + max(self.backward_peak, self.items["optimizer_step"])
+        return persistent + _peak_of_phases(self.items)
 
     @property
     def reserved(self) -> float:
@@ -250,15 +256,17 @@ class MemoryPlan:
 
     def table(self) -> str:
         """One line per component in GiB, then the totals and the number each one predicts."""
-        lines = [f"{'component':<42}{'GiB':>8}"]
+        lines = [f"{'component':<44}{'GiB':>8}"]
         for name, label in ROW_LABELS.items():
-            lines.append(f"{label:<42}{self.items[name] / GIB:>8.3f}")
+            if name == "logits":
+                lines.append(PHASES_HEADER)
+            lines.append(f"{label:<44}{self.items[name] / GIB:>8.3f}")
         if self.paged:
-            lines.append(f"{'  of which paged (managed memory)':<42}{self.paged / GIB:>8.3f}")
+            lines.append(f"{'  of which paged (managed memory)':<44}{self.paged / GIB:>8.3f}")
         lines += [
-            f"{'allocated  -> torch max_memory_allocated':<42}{self.allocated / GIB:>8.3f}",
-            f"{'reserved   -> torch max_memory_reserved':<42}{self.reserved / GIB:>8.3f}",
-            f"{'total      -> on the card (+context, paged)':<42}{self.total / GIB:>8.3f}",
+            f"{'allocated  -> torch max_memory_allocated':<44}{self.allocated / GIB:>8.3f}",
+            f"{'reserved   -> torch max_memory_reserved':<44}{self.reserved / GIB:>8.3f}",
+            f"{'total      -> on the card (+context, paged)':<44}{self.total / GIB:>8.3f}",
         ]
         return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
@@ -282,11 +290,10 @@ def plan_memory(arch: Architecture, shape: TrainingShape) -> MemoryPlan:
         "activations": _activation_bytes(arch, shape),
         "logits": _loss_head_bytes(arch, shape),
         "recompute": _layer_backward_bytes(arch, shape),
+        "embedding_grad": _embedding_backward_bytes(arch, shape),
         "optimizer_step": _optimizer_step_bytes(tensors, param_bytes, shape.optimizer),
     }
-    dynamic = items["gradients"] + max(
-        items["activations"] + max(items["logits"], items["recompute"]), items["optimizer_step"]
-    )
+    dynamic = items["gradients"] + _peak_of_phases(items)
     items["allocator"] = FRAGMENTATION * dynamic + CUBLAS_WORKSPACE_BYTES
     items["cuda_context"] = CUDA_CONTEXT_BYTES
     return MemoryPlan(items=items, paged=paged, notes=_notes(shape, paged))
@@ -299,6 +306,13 @@ def _notes(shape: TrainingShape, paged: float) -> tuple[str, ...]:
         notes.append("driver evicts them to CPU RAM under pressure (slower steps instead of an OOM)")
     if shape.method == "full" and shape.weight_dtype == "fp16":
         notes.append("Trainer(fp16=True) cannot unscale fp16 gradients: full fp16 needs weight_dtype=fp32")
+    if shape.method == "qlora" and shape.kbit_upcast:
+        notes.append(
+            "kbit_upcast: prepare_model_for_kbit_training's fp32 embedding makes the residual stream"
+        )
+        notes.append(
+            "and the MLP fp32 too; TRL's SFTTrainer does not call it (kbit_upcast=False plans without)"
+        )
     return tuple(notes)
 
 
@@ -378,8 +392,9 @@ def _optimizer_step_bytes(tensors: list[tuple[int, ...]], param_bytes: int, opti
     if optimizer == "adamw_torch":
         return sum(numels) * param_bytes  # foreach AdamW: sqrt(exp_avg_sq) of every parameter at once
     if optimizer == "adafactor":
-        # One parameter at a time, in fp32: grad, parameter copy, squared grad, update, scaled update.
-        return 5 * 4 * max(numels)
+        # One parameter at a time in fp32: the update and its successor (or its negation) alive
+        # together, plus fp32 copies of a 16-bit gradient and parameter.
+        return 4 * max(numels) * (2 if param_bytes == 4 else 4)
     return 0.0  # fused AdamW, bitsandbytes and SGD update in place
 
 
@@ -484,15 +499,26 @@ def _activation_bytes(arch: Architecture, shape: TrainingShape) -> float:
 
 def _layer_backward_bytes(arch: Architecture, shape: TrainingShape) -> float:
     """A layer's backward on top of the saved activations: its recomputed activations when
-    checkpointing, and the gradients in flight, largest in the MLP's backward (which runs first): its
-    three intermediates' gradients, a few hidden-sized ones, and a down_proj adapter's input gradient
-    on its way back through the casts and dropout in the adapter's dtype."""
+    checkpointing, and the gradients in flight at the peak, in the MLP's backward (which runs first):
+    its three intermediates' gradients, and a down_proj adapter's input gradient on its way back
+    through the casts and dropout in the adapter's dtype. A trained tied lm_head's gradient waits
+    meanwhile for the embedding's, to be summed into one."""
     act, res, lin = _dtypes(shape)
     recompute = _layer_saved_bytes(arch, shape) if shape.gradient_checkpointing else 0.0
-    in_flight = 3 * lin * arch.intermediate_size + 3 * max(act, res) * arch.hidden_size
+    in_flight = 3 * lin * arch.intermediate_size
     if "down_proj" in shape.targets:
         in_flight += 2 * max(_trainable_bytes_per_param(shape), res) * arch.intermediate_size
-    return shape.tokens * (recompute + in_flight)
+    waiting_head_grad = _embedding_backward_bytes(arch, shape) / 2 if arch.tie_word_embeddings else 0.0
+    return shape.tokens * (recompute + in_flight) + waiting_head_grad
+
+
+def _embedding_backward_bytes(arch: Architecture, shape: TrainingShape) -> float:
+    """A trained embedding's backward builds a dense (vocab, hidden) gradient; tied, the lm_head's
+    gradient is still waiting beside it (the engine sums them in place)."""
+    if shape.method != "full":
+        return 0.0
+    grad = arch.vocab_size * arch.hidden_size * DTYPE_BYTES[shape.weight_dtype]
+    return grad * (2 if arch.tie_word_embeddings else 1)
 
 
 def _loss_head_bytes(arch: Architecture, shape: TrainingShape) -> float:
