@@ -468,7 +468,7 @@ def _linear_input_bytes(arch: Architecture, shape: TrainingShape) -> float:
     shared_sites: set[str] = set()
     consumers = LINEAR_MODULES if shape.method == "full" else shape.targets
     for name in consumers:
-        fan_in, fan_out = shapes[name]
+        fan_in, _ = shapes[name]
         site = site_of[name]
         if shape.method != "full":
             total += act * shape.lora_r  # lora_A's output, saved by lora_B
@@ -508,7 +508,10 @@ def _layer_backward_bytes(arch: Architecture, shape: TrainingShape) -> float:
     in_flight = 3 * lin * arch.intermediate_size
     if "down_proj" in shape.targets:
         in_flight += 2 * max(_trainable_bytes_per_param(shape), res) * arch.intermediate_size
-    waiting_head_grad = _embedding_backward_bytes(arch, shape) / 2 if arch.tie_word_embeddings else 0.0
+    head_trains_tied = shape.method == "full" and arch.tie_word_embeddings
+    waiting_head_grad = (
+        arch.vocab_size * arch.hidden_size * DTYPE_BYTES[shape.weight_dtype] if head_trains_tied else 0
+    )
     return shape.tokens * (recompute + in_flight) + waiting_head_grad
 
 
@@ -575,29 +578,28 @@ def suggest_fixes(
 
     if fits(shape):
         return []
-    singles = [c for c in _single_changes(shape) if fits(c)]
-    batch = _largest_fitting_batch(shape, fits)
-    fixes = [fix(c) for c in singles + ([batch] if batch else [])]
-    if not fixes:
-        combined = _fit_within_method(shape, fits)
-        if combined:
-            fixes.append(fix(combined))
-        else:
-            frugal = _most_frugal(shape)
-            gib = plan_memory(arch, frugal).total / GIB
-            fixes.append(
-                f"method={shape.method} cannot fit in {budget_gib:g} GiB: even batch 1 with gradient "
-                f"checkpointing, chunked loss and {frugal.optimizer} plans {gib:.2f} GiB"
-            )
+    # Changes that keep what is trained, each on its own, else all together.
+    same_method = [c for c in _single_changes(shape) if fits(c)]
+    if batch := _largest_fitting_batch(shape, fits):
+        same_method.append(batch)
+    if not same_method and (combined := _fit_within_method(shape, fits)):
+        same_method.append(combined)
+    fixes = [fix(c) for c in same_method]
+    if not same_method:
+        frugal = _most_frugal(shape)
+        fixes.append(
+            f"method={shape.method} cannot fit in {budget_gib:g} GiB: even batch 1 with gradient "
+            f"checkpointing, chunked loss and {frugal.optimizer} plans {total(frugal) / GIB:.2f} GiB"
+        )
     # Another method changes what is trained: worth it only where it buys memory the fixes above do not.
-    best = min((total(c) for c in singles + ([batch] if batch else [])), default=math.inf)
+    best = min((total(c) for c in same_method), default=math.inf)
     smaller = [_fit_within_method(_as_method(shape, m), fits) for m in _smaller_methods(shape.method)]
     fixes += [fix(c) for c in smaller if c and total(c) < best]
-    if not singles and not batch and not any(smaller) and not _fit_within_method(shape, fits):
+    if not same_method and not any(smaller):
         frugal = _most_frugal(_as_method(shape, "qlora"))
         fixes.append(
             f"nothing fits in {budget_gib:g} GiB: the smallest plan (qlora, batch 1, gradient checkpointing, "
-            f"seq_len {shape.seq_len}) needs {plan_memory(arch, frugal).total / GIB:.2f} GiB"
+            f"seq_len {shape.seq_len}) needs {total(frugal) / GIB:.2f} GiB"
         )
     return fixes
 
