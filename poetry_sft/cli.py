@@ -19,6 +19,7 @@ from poetry_sft.artifacts import find_resume_checkpoint
 from poetry_sft.config import register_configs, to_run_config
 from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.paths import CONF_DIR, RECIPES_DIR
+from poetry_sft.plan import check_budget
 
 log = logging.getLogger("poetry_sft")
 
@@ -37,7 +38,9 @@ class PreflightCallback(Callback):
         try:
             _ensure_one_run_dir_for_all_processes(config)
             # A finished run is refused and a mismatched resume too, before Hydra writes into the directory.
-            find_resume_checkpoint(Path(config.hydra.run.dir), to_run_config(config))
+            run_cfg = to_run_config(config)
+            find_resume_checkpoint(Path(config.hydra.run.dir), run_cfg)
+            check_budget(run_cfg)  # memory plan vs the profile's card, before any weights load
         except PoetrySFTError as err:
             _exit_with(err)
 

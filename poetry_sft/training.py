@@ -168,6 +168,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "real_token_fraction": token_fraction,  # of the batches' token slots; padding is the rest
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "model_params": model_params(trainer.model),
+        **planned_memory(cfg),
         **peak_memory(),
     }
     if not artifacts.is_main_process():
@@ -207,6 +208,21 @@ def model_params(model: torch.nn.Module) -> int:
     if hasattr(model, "get_nb_trainable_parameters"):
         return int(model.get_nb_trainable_parameters()[1])
     return sum(p.numel() for p in model.parameters())
+
+
+def planned_memory(cfg: RunConfig) -> dict[str, float]:
+    """The memory plan's prediction, beside the measured peak (bench/bench_hardware.py compares them)."""
+    from poetry_sft.memory import GIB
+    from poetry_sft.plan import plan_run
+
+    planned = plan_run(cfg)
+    if planned is None:
+        return {}
+    plan = planned[0]
+    return {
+        "planned_peak_gib": round(plan.reserved / GIB, 3),
+        "planned_total_gib": round(plan.total / GIB, 3),
+    }
 
 
 def _reset_peak_memory() -> None:

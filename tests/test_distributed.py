@@ -73,7 +73,10 @@ def _check_two_process_run(run_dir: Path, steps: int) -> None:
     # 28 training poems, 4 per process per step: 2 processes see them all in 4 steps (1 process: 4/7 epoch)
     assert state["epoch"] == pytest.approx(1.0)
     assert (run_dir / "poetry_sft_rank1.log").is_file(), "rank 1 logs to its own file"
-    assert sorted(p.name for p in run_dir.iterdir() if p.suffix == ".json") == ["data_report.json", "metrics.json"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.suffix == ".json") == [
+        "data_report.json",
+        "metrics.json",
+    ]
 
 
 def test_accelerate_ddp_on_two_cpu_processes(poems_file: Path, tmp_path: Path):

@@ -1,0 +1,127 @@
+"""The memory plan of a composed run: its shape for `poetry_sft.memory`, the budget check, a command.
+
+    python -m poetry_sft.plan method=full hardware=4gb       # print the plan, train nothing
+
+A run whose plan exceeds its hardware profile is refused before anything loads, with the breakdown and
+fixes, unless `hardware.allow_over_budget=true`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from poetry_sft.config import Batching, Method, Precision, RunConfig
+from poetry_sft.errors import ConfigError, PoetrySFTError
+from poetry_sft.memory import GIB, Architecture, MemoryPlan, TrainingShape, over_budget_message, plan_memory
+
+
+def architecture(cfg: RunConfig) -> Architecture | None:
+    """The model's shape without loading weights: the random-init spec, or config.json (local or cached)."""
+    spec = cfg.model.random_init
+    if spec is not None:
+        from poetry_sft.random_model import QWEN3_VOCAB_SIZE, build_tokenizer
+
+        vocab = QWEN3_VOCAB_SIZE if spec.vocabulary.value == "qwen" else len(build_tokenizer(spec.vocabulary))
+        return Architecture(
+            vocab_size=vocab,
+            hidden_size=spec.hidden_size,
+            intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_hidden_layers,
+            num_attention_heads=spec.num_attention_heads,
+            num_key_value_heads=spec.num_key_value_heads,
+            head_dim=spec.head_dim,
+            tie_word_embeddings=True,
+        )
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision)
+    except (OSError, ValueError):  # offline and not cached: loading the model reports that clearly
+        return None
+    return Architecture.from_hf_config(config)
+
+
+def training_shape(cfg: RunConfig) -> TrainingShape:
+    """What the GPU run will hold. On a CPU-only machine the plan assumes a bf16-capable GPU."""
+    from poetry_sft.modeling import resolve_precision
+    from poetry_sft.training import resolve_batching
+
+    precision = resolve_precision(cfg.train.precision)
+    if precision is Precision.fp32 and cfg.train.precision is Precision.auto:
+        precision = Precision.bf16
+    weights = precision
+    if cfg.method.name is Method.full and precision is Precision.fp16:
+        weights = Precision.fp32  # fp16 autocast over fp32 master weights (modeling.load_model)
+    return TrainingShape(
+        method=cfg.method.name.value,
+        weight_dtype=weights.value,
+        compute_dtype=precision.value,
+        optimizer=cfg.optimizer,
+        micro_batch_size=cfg.hardware.per_device_train_batch_size,
+        seq_len=cfg.hardware.max_length,
+        gradient_checkpointing=cfg.hardware.gradient_checkpointing,
+        lora_r=cfg.method.r,
+        lora_targets=tuple(cfg.method.target_modules),
+        lora_dropout=cfg.method.lora_dropout,
+        padded=resolve_batching(cfg) is Batching.padded,
+        double_quant=cfg.method.bnb_4bit_use_double_quant,
+    )
+
+
+def plan_run(cfg: RunConfig) -> tuple[MemoryPlan, Architecture, TrainingShape] | None:
+    arch = architecture(cfg)
+    if arch is None:
+        return None
+    shape = training_shape(cfg)
+    return plan_memory(arch, shape), arch, shape
+
+
+def check_budget(cfg: RunConfig) -> MemoryPlan | None:
+    """Refuse a run that cannot fit its profile's card (before any weights load)."""
+    planned = plan_run(cfg)
+    if planned is None:
+        return None
+    plan, arch, shape = planned
+    message = over_budget_message(arch, shape, cfg.hardware.vram_gib)
+    if message and not cfg.hardware.allow_over_budget:
+        card = f"{cfg.hardware.vram_gib:g} GiB"
+        raise ConfigError(
+            f"method={cfg.method.name} hardware={cfg.hardware.name} does not fit a {card} card:\n{message}\n"
+            "  To try anyway (e.g. your card is bigger): hardware.allow_over_budget=true"
+        )
+    return plan
+
+
+def main(argv: list[str] | None = None) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from poetry_sft.cli import register_recipes
+    from poetry_sft.config import register_configs, to_run_config
+    from poetry_sft.paths import CONF_DIR
+
+    overrides = sys.argv[1:] if argv is None else argv
+    register_configs()
+    register_recipes()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = to_run_config(compose("config", overrides=overrides))
+        planned = plan_run(cfg)
+    except PoetrySFTError as err:
+        sys.exit(f"poetry_sft: error: {err}")
+    if planned is None:
+        sys.exit(
+            f"poetry_sft: cannot read the architecture of '{cfg.model.name_or_path}' offline; "
+            "model=qwen3_0.6b_random has Qwen3-0.6B's exact shape"
+        )
+    plan, arch, shape = planned
+    budget = cfg.hardware.vram_gib
+    print(f"memory plan: model={cfg.model.name} method={shape.method} hardware={cfg.hardware.name}")
+    verdict = over_budget_message(arch, shape, budget)  # the breakdown and the fixes
+    print(
+        verdict
+        or f"{plan.table()}\nfits: {plan.total / GIB:.2f} GiB of a {budget:g} GiB card (5% headroom kept)"
+    )
+
+
+if __name__ == "__main__":
+    main()
