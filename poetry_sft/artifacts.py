@@ -18,6 +18,9 @@ import logging
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +167,19 @@ def write_json(path: Path, payload: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextmanager
+def staged_directory(target: Path, complete_marker: str) -> Iterator[Path]:
+    """Build a directory beside `target` and rename it into place when the block succeeds: a reader (or a
+    concurrent builder) never sees half of it. Losing a race to another builder is fine: theirs is as good."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    try:
+        yield staging
+        os.replace(staging, target)
+    except OSError:
+        if not (target / complete_marker).exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

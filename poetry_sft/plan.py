@@ -19,19 +19,9 @@ def architecture(cfg: RunConfig) -> Architecture | None:
     """The model's shape without loading weights: the random-init spec, or config.json (local or cached)."""
     spec = cfg.model.random_init
     if spec is not None:
-        from poetry_sft.random_model import QWEN3_VOCAB_SIZE, build_tokenizer
+        from poetry_sft.random_model import qwen3_config, vocab_size
 
-        vocab = QWEN3_VOCAB_SIZE if spec.vocabulary.value == "qwen" else len(build_tokenizer(spec.vocabulary))
-        return Architecture(
-            vocab_size=vocab,
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            head_dim=spec.head_dim,
-            tie_word_embeddings=True,
-        )
+        return Architecture.from_hf_config(qwen3_config(spec, vocab_size(spec)))
     from transformers import AutoConfig
 
     try:

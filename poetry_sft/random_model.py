@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import asdict
 from importlib.resources import files
 from pathlib import Path
 
+from poetry_sft.artifacts import staged_directory
 from poetry_sft.config import RandomInitSpec, Vocabulary
 from poetry_sft.paths import SAMPLE_POEMS, cache_dir
 
@@ -45,12 +44,33 @@ def random_model_dir(spec: RandomInitSpec) -> Path:
 
 def _build(spec: RandomInitSpec, target: Path) -> None:
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     tokenizer = build_tokenizer(spec.vocabulary)
-    vocab_size = QWEN3_VOCAB_SIZE if spec.vocabulary is Vocabulary.qwen else len(tokenizer)
-    config = Qwen3Config(
-        vocab_size=vocab_size,
+    config = qwen3_config(spec, vocab_size(spec, tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    torch.manual_seed(spec.seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with staged_directory(target, complete_marker="config.json") as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+
+def vocab_size(spec: RandomInitSpec, tokenizer=None) -> int:
+    if spec.vocabulary is Vocabulary.qwen:
+        return QWEN3_VOCAB_SIZE
+    return len(tokenizer or build_tokenizer(spec.vocabulary))
+
+
+def qwen3_config(
+    spec: RandomInitSpec, vocab: int, eos_token_id: int | None = None, pad_token_id: int | None = None
+):
+    """The transformers config of the model `spec` describes (the memory plan reads its shape from here)."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -61,25 +81,9 @@ def _build(spec: RandomInitSpec, target: Path) -> None:
         max_position_embeddings=4096,
         tie_word_embeddings=True,  # as in Qwen3-0.6B
         bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
     )
-    torch.manual_seed(spec.seed)
-    model = Qwen3ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    # Build in a sibling temp dir and rename: a concurrent builder never sees half a model.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "config.json").exists():  # lost a race to another builder: theirs is as good
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def build_tokenizer(vocabulary: Vocabulary):
