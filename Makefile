@@ -14,7 +14,7 @@ install: ## install torch first (pinned: an unpinned torch may pull GBs of CUDA 
 	$(PY) -m pip install $(TORCH)
 	$(PY) -m pip install -e '.[test]'
 
-demo: ## offline CPU demo (~1 min): tiny Qwen3 + LoRA on the shipped poems, reload, print poems
+demo: ## offline CPU demo (< 1 min): tiny Qwen3 fine-tuned on the shipped poems, reloaded, poems printed
 	$(PY) -m poetry_sft recipe=demo $(ARGS)
 
 sweep: ## small offline CPU sweep (recipes/demo_lora_sweep.yaml: rank x learning rate) -> multirun/demo_sweep/
