@@ -281,7 +281,8 @@ def plan_memory(arch: Architecture, shape: TrainingShape) -> MemoryPlan:
     tensors = _trainable_shapes(arch, shape)
     param_bytes = _trainable_bytes_per_param(shape)
     trainable = sum(math.prod(s) for s in tensors) * param_bytes
-    optimizer, paged = _optimizer_state_bytes(tensors, param_bytes, shape.optimizer)
+    embedding = (arch.vocab_size, arch.hidden_size)
+    optimizer, paged = _optimizer_state_bytes(tensors, param_bytes, shape.optimizer, embedding)
     items = {
         "weights": _weight_bytes(arch, shape),
         "lora": trainable if shape.method != "full" else 0.0,
@@ -361,15 +362,24 @@ def _nf4_bytes(numel: int, double_quant: bool) -> float:
 
 
 def _optimizer_state_bytes(
-    tensors: list[tuple[int, ...]], param_bytes: int, optimizer: str
+    tensors: list[tuple[int, ...]], param_bytes: int, optimizer: str, embedding: tuple[int, ...] | None = None
 ) -> tuple[float, float]:
-    """(state bytes, of which paged) for the trainable tensors."""
+    """(state bytes, of which paged) for the trainable tensors. transformers' Trainer registers a 32-bit
+    override for every nn.Embedding with bitsandbytes' 8-bit optimizers: `embedding` (its shape, when
+    trainable) gets fp32 states."""
     total = paged = 0.0
     for tensor_shape in tensors:
         numel = math.prod(tensor_shape)
+        embedding_override = tensor_shape == embedding
+        if embedding_override:
+            embedding = None  # one nn.Embedding; an untied lm_head of the same shape stays 8-bit
         if optimizer in ("adamw_torch", "adamw_torch_fused"):
             state = 2 * numel * param_bytes  # exp_avg and exp_avg_sq take the parameter's dtype
-        elif optimizer in ("adamw_8bit", "paged_adamw_8bit") and numel >= BNB_MIN_8BIT_SIZE:
+        elif (
+            optimizer in ("adamw_8bit", "paged_adamw_8bit")
+            and numel >= BNB_MIN_8BIT_SIZE
+            and not embedding_override
+        ):
             state = 2 * (numel + 4 * math.ceil(numel / BNB_8BIT_BLOCKSIZE))
         elif optimizer in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
             state = 8 * numel  # bitsandbytes' 32-bit states are fp32 whatever the parameter's dtype

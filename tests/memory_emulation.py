@@ -47,7 +47,7 @@ def emulated_peak(arch: Architecture, shape: TrainingShape, accumulation: int = 
         model = _build(arch, shape)
         params = [p for p in model.parameters() if p.requires_grad]
         with unset_fake_temporarily():  # bitsandbytes builds its quantisation maps from data
-            optimizer = _optimizer(shape.optimizer, params)
+            optimizer = _optimizer(shape.optimizer, params, model)
         batch = _batch(arch, shape)
 
         def micro_batch() -> None:
@@ -140,7 +140,7 @@ def _build(arch: Architecture, shape: TrainingShape):
     return model
 
 
-def _optimizer(name: str, params: list):
+def _optimizer(name: str, params: list, model: torch.nn.Module):
 
     # What transformers' Trainer builds for each `optim` (torch picks foreach on CUDA by default).
     builders = {
@@ -152,7 +152,14 @@ def _optimizer(name: str, params: list):
         "adafactor": lambda: Adafactor(params, lr=1e-5, scale_parameter=False, relative_step=False),
         "sgd": lambda: torch.optim.SGD(params, lr=1e-5),
     }
-    return builders[name]()
+    optimizer = builders[name]()
+    if "8bit" in name:  # as transformers' Trainer does: embeddings keep 32-bit states
+        manager = bnb.optim.GlobalOptimManager.get_instance()
+        manager.initialize()  # the singleton may hold modules of earlier optimizers in this process
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                manager.register_module_override(module, "weight", {"optim_bits": 32})
+    return optimizer
 
 
 class _Matmul4bit(torch.autograd.Function):

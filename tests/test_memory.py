@@ -142,11 +142,13 @@ def test_optimizer_states_hand_computed():
     full = QWEN3_06B.num_params
     assert plan_memory(QWEN3_06B, shape("full")).items["optimizer"] == 2 * 2 * full  # 2 bf16 states
     # bitsandbytes 8-bit: uint8 states + an fp32 absmax per 256 values (every matrix here is a multiple
-    # of 256); tensors under 4096 values (the norms: 28 * 2,304 + 1,024) keep two fp32 states.
+    # of 256); tensors under 4096 values (the norms: 28 * 2,304 + 1,024) keep two fp32 states, and so does
+    # the (tied) embedding, which transformers' Trainer overrides to 32-bit.
     small = 28 * 2304 + 1024
-    big = full - small
+    embedding = 151_936 * 1024
+    big = full - small - embedding
     eight_bit = plan_memory(QWEN3_06B, shape("full", optimizer="adamw_8bit")).items["optimizer"]
-    assert eight_bit == 2 * big + 2 * 4 * (big // 256) + 8 * small
+    assert eight_bit == 2 * big + 2 * 4 * (big // 256) + 8 * (small + embedding)
 
 
 def test_layer_activations_hand_computed():
