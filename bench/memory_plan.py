@@ -21,16 +21,20 @@ from poetry_sft.memory import (
     plan_memory,
 )
 
-QWEN3_06B = Architecture(
-    vocab_size=151936,
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    tie_word_embeddings=True,
-)
+
+def qwen3_06b() -> Architecture:
+    """Qwen3-0.6B's shape, from the config group that builds it (conf/model/qwen3_0.6b_random.yaml)."""
+    from omegaconf import OmegaConf
+
+    from poetry_sft.config import RandomInitSpec
+    from poetry_sft.paths import CONF_DIR
+    from poetry_sft.random_model import qwen3_config, vocab_size
+
+    node = OmegaConf.load(CONF_DIR / "model" / "qwen3_0.6b_random.yaml").random_init
+    spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RandomInitSpec), node))
+    return Architecture.from_hf_config(qwen3_config(spec, vocab_size(spec)))
+
+
 METHOD_OPTIMIZERS = [
     ("qlora", "paged_adamw_8bit"),
     ("lora", "adamw_torch"),
@@ -75,8 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", action="store_true", help="the full table of every shape, with notes")
     args = parser.parse_args()
+    arch = qwen3_06b()
     for method, optimizer in METHOD_OPTIMIZERS:
-        plans = {column(s): plan_memory(QWEN3_06B, s) for s in shapes(method, optimizer)}
+        plans = {column(s): plan_memory(arch, s) for s in shapes(method, optimizer)}
         if args.tables:
             for name, plan in plans.items():
                 print(f"\n## {method} / {optimizer} / {name}\n{plan.table()}")
