@@ -94,10 +94,9 @@ def _batch(arch: Architecture, shape: TrainingShape) -> dict:
     return {"input_ids": ids, "attention_mask": attention_mask, "labels": ids}
 
 
-def _build(arch: Architecture, shape: TrainingShape):
-    """The model as SFTTrainer holds it: quantised + upcast (qlora), fused head, adapters, checkpointing."""
-
-    config = transformers.Qwen3Config(
+def qwen3_config(arch: Architecture, max_position_embeddings: int = 1024) -> transformers.Qwen3Config:
+    """The transformers config of `arch` (what the plan's arithmetic is checked against)."""
+    return transformers.Qwen3Config(
         vocab_size=arch.vocab_size,
         hidden_size=arch.hidden_size,
         intermediate_size=arch.intermediate_size,
@@ -106,9 +105,15 @@ def _build(arch: Architecture, shape: TrainingShape):
         num_key_value_heads=arch.num_key_value_heads,
         head_dim=arch.head_dim,
         tie_word_embeddings=arch.tie_word_embeddings,
-        max_position_embeddings=max(1024, shape.seq_len),
+        max_position_embeddings=max_position_embeddings,
         attn_implementation="sdpa",
     )
+
+
+def _build(arch: Architecture, shape: TrainingShape):
+    """The model as SFTTrainer holds it: quantised + upcast (qlora), fused head, adapters, checkpointing."""
+
+    config = qwen3_config(arch, max_position_embeddings=max(1024, shape.seq_len))
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, TORCH_DTYPES[shape.weight_dtype]))
     try:

@@ -11,6 +11,7 @@ import dataclasses
 import re
 
 import pytest
+from memory_emulation import qwen3_config
 
 from poetry_sft.memory import (
     GIB,
@@ -57,23 +58,6 @@ def shape(method: str = "lora", **overrides: object) -> TrainingShape:
         gradient_checkpointing=True,
     )
     return TrainingShape(**(fields | overrides))
-
-
-def qwen3_config(arch: Architecture):
-    import transformers
-
-    return transformers.Qwen3Config(
-        vocab_size=arch.vocab_size,
-        hidden_size=arch.hidden_size,
-        intermediate_size=arch.intermediate_size,
-        num_hidden_layers=arch.num_hidden_layers,
-        num_attention_heads=arch.num_attention_heads,
-        num_key_value_heads=arch.num_key_value_heads,
-        head_dim=arch.head_dim,
-        tie_word_embeddings=arch.tie_word_embeddings,
-        max_position_embeddings=1024,
-        attn_implementation="sdpa",
-    )
 
 
 def build(arch: Architecture):
