@@ -145,7 +145,6 @@ class DataConfig:
     system_prompt: str = ""  # "" = no system message
     prompt_template: str | None = None  # user message; None = the style's default (data.PROMPT_TEMPLATES)
     batching: Batching = Batching.auto
-    num_proc: int | None = None  # processes for cleaning/tokenising; None = the CPU count (large data only)
 
 
 @dataclass

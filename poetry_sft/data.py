@@ -12,7 +12,8 @@ prompt), so SFTTrainer trains on the poem and its end-of-turn token only. `make_
 gives the same example in TRL's conversational prompt-completion format; tests check that TRL's own
 tokenisation of that example yields our labels. We tokenise ourselves because TRL renders the chat
 template twice and tokenises twice per example, one example at a time: minutes on the 321k-poem
-corpus, against seconds for one batched pass (bench/bench_data.py).
+corpus. Here each poem's rendered chat is one string for the Rust tokenizer (all cores), and the
+columns are built whole in numpy/Arrow, never row by row: ~23 s in all (bench/bench_data.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import string
 import time
@@ -37,13 +37,17 @@ from poetry_sft.metrics import OTHER_FORM, classify_form, line_lengths, split_li
 from poetry_sft.paths import SAMPLE_POEMS, cache_dir
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-_PIPELINE_VERSION = "1"  # bump when the output of prepare_poems changes for the same inputs
+_PIPELINE_VERSION = "2"  # bump when the output of prepare_poems changes for the same inputs
 # datasets builder for each local file type
+# poems tokenised per call: bounds the tokenizer's per-token bookkeeping (offsets, token strings)
+_ENCODE_CHUNK = 20_000
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +257,7 @@ DROP_REASONS = (
     "not_text",  # content missing or not a string
     "empty",  # nothing but whitespace
     "placeholder",  # □ / � / private-use characters: lost text
+    "special_token",  # the text of a tokenizer control token (<|im_end|>, <think>...) in a poem or title
     "garbled",  # too few Chinese characters: mojibake or not Chinese
     "too_short",  # fewer than data.min_chars Chinese characters
     "too_long_chars",  # more than data.max_chars
@@ -279,8 +284,16 @@ def _normalise(content: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def _special_tokens_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | None:
+    """The tokenizer's added tokens (<|im_end|>, <think>...) as text: it splits them out before
+    anything else, so in a poem they would become control tokens."""
+    added = sorted({t.content for t in tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, added))) if added else None
+
+
 def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
     reasons, contents, forms = [], [], []
+    special = settings["special_tokens"]
     extra = {key: [_text(v) for v in batch[key]] for key in ("title", "author", "dynasty") if key in batch}
     for i, raw in enumerate(batch["content"]):
         content = _normalise(raw) if isinstance(raw, str) else ""
@@ -291,6 +304,10 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
             reason = "empty"
         elif _PLACEHOLDER.search(content):
             reason = "placeholder"
+        elif special and (
+            special.search(content) or any(special.search(column[i]) for column in extra.values())
+        ):
+            reason = "special_token"  # would be read as the control token itself: a poem ending mid-way
         else:
             han = len(_HAN_CHAR.findall(content))
             foreign = len(_FOREIGN.findall(content))
@@ -333,32 +350,108 @@ def _chat_skeleton(tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> tu
     return head, tail
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Token ids only. A fast tokenizer's Rust backend directly: transformers' wrapper spends ~40% of
-    the time building Python lists of attention masks and offsets nobody reads."""
+def _examples(table: pa.Table, template: str, style: PromptStyle) -> tuple[list[str], list[str]]:
+    """(user message, completion) per row."""
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    if prompt_fields(template) == {"title"} and style is not PromptStyle.first_line:
+        return [template.format(title=title) for title in columns["title"]], columns["content"]
+    names = list(columns)
+    pairs = [
+        _user_and_completion(template, style, dict(zip(names, values, strict=True)))
+        for values in zip(*columns.values(), strict=True)
+    ]
+    return [user for user, _ in pairs], [completion for _, completion in pairs]
+
+
+def _encode_examples(
+    tokenizer: PreTrainedTokenizerBase, head: str, tail: str, users: list[str], completions: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat input ids, example offsets, prompt lengths) for head + user + tail + completion + eos.
+
+    Each example is one string, tokenised once: the rendered chat itself (what TRL would tokenise),
+    split into prompt and completion at the tail's first token, which must start a token (_verify and
+    the check below see to it). In chunks, so the tokenizer's per-token bookkeeping stays small.
+    """
+    import numpy as np
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    eos = tokenizer.eos_token
+    ids: list[np.ndarray] = []
+    prompt_lengths: list[int] = []
+    for first in range(0, len(users), _ENCODE_CHUNK):
+        chunk = range(first, min(first + _ENCODE_CHUNK, len(users)))
+        texts = [f"{head}{users[i]}{tail}{completions[i]}{eos}" for i in chunk]
+        tail_at = [len(head) + len(users[i]) for i in chunk]  # character where the tail starts
+        if backend is not None:  # the Rust tokenizer itself, on all cores, without Python-side extras
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+            ids.extend(np.asarray(e.ids, dtype=np.int32) for e in encodings)
+            prompt_lengths.extend(e.char_to_token(at) for e, at in zip(encodings, tail_at, strict=True))
+        else:  # a slow (Python) tokenizer
+            for text, at in zip(texts, tail_at, strict=True):
+                ids.append(np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32))
+                prompt_lengths.append(len(tokenizer(text[:at], add_special_tokens=False)["input_ids"]))
+    lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tail_ids = np.asarray(tokenizer(tail, add_special_tokens=False)["input_ids"], dtype=np.int32)
+    prompt = np.asarray([-1 if n is None else n for n in prompt_lengths], dtype=np.int64) + len(tail_ids)
+    flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+    # Every example: the tail's tokens end the prompt, eos ends the poem. Anything else means the tail
+    # did not start a token: the split would cut a token in two.
+    inside = (prompt > len(tail_ids)) & (prompt < lengths)
+    where = offsets[:-1, None] + prompt[:, None] - len(tail_ids) + np.arange(len(tail_ids))
+    tails_ok = (flat[np.where(inside[:, None], where, 0)] == tail_ids).all(axis=1) & inside
+    ends_ok = flat[offsets[1:] - 1] == tokenizer.eos_token_id if len(flat) else np.ones(0, dtype=bool)
+    if not (tails_ok & ends_ok).all():
+        bad = int(np.flatnonzero(~(tails_ok & ends_ok))[0])
+        raise PoetrySFTError(
+            f"the prompt of '{tokenizer.name_or_path}' cannot be split from the poem at a token boundary "
+            f"for example {users[bad]!r}: the chat template's text after the user message must start with "
+            "a special token (Qwen3: <|im_end|>) and the poem must end in the eos token"
+        )
+    return flat, offsets, prompt
 
 
-def _tokenize_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
-    # The prompt is head + user + tail, where head ends in a newline and tail starts with a special
-    # token: both are token boundaries, so only the user text needs tokenising per poem (_verify checks).
-    tokenizer, head_ids, tail_ids = settings["tokenizer"], settings["head_ids"], settings["tail_ids"]
-    rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-    pairs = [_user_and_completion(settings["template"], settings["style"], row) for row in rows]
-    user_ids = _encode(tokenizer, [user for user, _ in pairs])
-    completion_ids = _encode(tokenizer, [completion + tokenizer.eos_token for _, completion in pairs])
-    input_ids, labels = [], []
-    for u, c in zip(user_ids, completion_ids, strict=True):
-        prompt = head_ids + u + tail_ids
-        input_ids.append(prompt + c)
-        labels.append([-100] * len(prompt) + c)
-    return {"input_ids": input_ids, "labels": labels, "length": [len(ids) for ids in input_ids]}
+def _tokenize(
+    poems: pa.Table,
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str,
+    template: str,
+    style: PromptStyle,
+    fingerprint: str,
+) -> Dataset:
+    """input_ids, labels (-100 on the prompt) and length per poem, built as whole Arrow columns."""
+    import numpy as np
+    import pyarrow as pa
+    from datasets import Dataset
+
+    head, tail = _chat_skeleton(tokenizer, system_prompt)
+    users, completions = _examples(poems, template, style)
+    flat, offsets, prompt = _encode_examples(tokenizer, head, tail, users, completions)
+    # Prompt positions: +1 where an example starts, -1 where its poem starts; the running sum is 1 inside
+    # prompts. One pass over the tokens instead of a position per token.
+    edges = np.zeros(len(flat) + 1, dtype=np.int8)
+    np.add.at(edges, offsets[:-1], 1)
+    np.add.at(edges, offsets[:-1] + prompt, -1)
+    labels = np.where(np.cumsum(edges[:-1], dtype=np.int8) > 0, np.int32(-100), flat)
+    wide = offsets[-1] >= 2**31  # Arrow's list offsets are int32 up to 2G tokens
+    list_type, list_offsets = (
+        (pa.LargeListArray, pa.array(offsets)) if wide else (pa.ListArray, pa.array(offsets.astype(np.int32)))
+    )
+    table = pa.table(
+        {
+            "input_ids": list_type.from_arrays(list_offsets, pa.array(flat)),
+            "labels": list_type.from_arrays(list_offsets, pa.array(labels)),
+            "length": pa.array(np.diff(offsets).astype(np.int32)),
+        }
+    )
+    digest = hashlib.sha256(f"{fingerprint}{head}{tail}{template}{style}".encode()).hexdigest()[:16]
+    return Dataset(table, fingerprint=digest)
 
 
-def _verify(tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, rows: Dataset, tokenized: Dataset) -> None:
+def _verify(
+    tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, rows: list[dict[str, Any]], tokenized: Dataset
+) -> None:
     """Our fast path must equal the tokenizer's own rendering of the same chat, token for token."""
     formatting_func = make_formatting_func(cfg)
     for row, example in zip(rows, tokenized, strict=False):
@@ -407,7 +500,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _cache_key(cfg: DataConfig, source: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("name", "num_proc")}
+    settings = {k: v for k, v in asdict(cfg).items() if k != "name"}
     payload = json.dumps(
         [_PIPELINE_VERSION, source, settings, tokenizer_fingerprint(tokenizer), max_length],
         sort_keys=True,
@@ -424,12 +517,6 @@ def _fingerprint(dataset: Dataset, step: str, indices: list[int]) -> str:
     digest = hashlib.sha256(f"{dataset._fingerprint}:{step}".encode())
     digest.update(np.asarray(indices, dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
-
-
-def _num_proc(cfg: DataConfig, rows: int) -> int | None:
-    # A worker costs start-up time and a pickled copy of the tokenizer: worth it from ~50k rows each.
-    procs = min(cfg.num_proc or os.cpu_count() or 1, rows // 50_000)
-    return procs if procs > 1 else None
 
 
 def prepare_poems(
@@ -463,7 +550,7 @@ def prepare_poems(
 def _prepare(
     cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, max_length: int, raw: Dataset
 ) -> PreparedData:
-    from datasets import Features, Sequence, Value
+    import numpy as np
 
     clock = time.perf_counter()
     dataset = _select_columns(raw, cfg)
@@ -477,6 +564,7 @@ def _prepare(
         "needed": [f for f in ("title", "author", "dynasty") if f in fields],
         "one_line_ok": cfg.prompt_style is not PromptStyle.first_line,
         "need_form": bool(cfg.forms) or "form" in fields,
+        "special_tokens": _special_tokens_pattern(tokenizer),
         "selection": {
             key: set(chosen)
             for key, chosen in (("dynasty", cfg.dynasties), ("author", cfg.authors), ("form", cfg.forms))
@@ -517,45 +605,16 @@ def _prepare(
             f"{ {k: v for k, v in dropped.items() if v} }). Check the column mapping and data.dynasties/"
             "authors/forms/min_chars"
         )
-    dataset = dataset.select(unique, new_fingerprint=_fingerprint(dataset, "dedupe", unique))
-    dataset = dataset.remove_columns(["reason"])
-    dataset = dataset.shuffle(seed=cfg.split_seed)
-    if cfg.max_samples is not None:
-        dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
-    procs = _num_proc(cfg, len(dataset))
+    # Shuffle (as datasets' own shuffle would: PCG64 seeded with data.split_seed), then one Arrow take.
+    order = np.asarray(unique)[np.random.default_rng(cfg.split_seed).permutation(len(unique))]
+    order = order[: cfg.max_samples]
+    poems = dataset.data.table.take(order).drop_columns(["reason"])
     clean_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
-    head, tail = _chat_skeleton(tokenizer, cfg.system_prompt)
-    rows = dataset
-    tokenized = dataset.map(
-        _tokenize_batch,
-        batched=True,
-        batch_size=2000,
-        fn_kwargs={
-            "settings": {
-                "tokenizer": tokenizer,
-                "head_ids": tokenizer(head, add_special_tokens=False)["input_ids"],
-                "tail_ids": tokenizer(tail, add_special_tokens=False)["input_ids"],
-                "template": template,
-                "style": cfg.prompt_style,
-            }
-        },
-        remove_columns=dataset.column_names,
-        features=Features(
-            {
-                "input_ids": Sequence(Value("int32")),
-                "labels": Sequence(Value("int32")),
-                "length": Value("int32"),
-            }
-        ),
-        num_proc=procs,
-        keep_in_memory=True,
-        new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}{head}{tail}{template}".encode()).hexdigest()[
-            :16
-        ],
-        desc="Tokenizing poems",
+    tokenized = _tokenize(
+        poems, tokenizer, cfg.system_prompt, template, cfg.prompt_style, _fingerprint(dataset, "order", order)
     )
-    _verify(tokenizer, cfg, rows.select(range(min(8, len(rows)))), tokenized)
+    _verify(tokenizer, cfg, poems.slice(0, 8).to_pylist(), tokenized)
     tokenize_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     lengths = tokenized.data.column("length").to_pylist()

@@ -116,6 +116,9 @@ def test_a_dirty_file_is_cleaned_and_every_drop_is_counted(tokenizer, tmp_path: 
         {"title": "静夜思", "content": POEMS[0]["content"], "author": "李白"},  # duplicate
         {"title": "又", "content": " " + POEMS[1]["content"].replace("\n", "\r\n") + " ", "author": "王"},
         {"title": "长诗", "content": "一二三四五六七，" * 40 + "终。", "author": "甲"},  # > max_length tokens
+        # Control tokens as text would become the tokens themselves: an end of turn inside the poem.
+        {"title": "控制", "content": "白日依山尽，<|im_end|>黄河入海流。\n欲穷千里目，更上一层楼。", "author": "甲"},
+        {"title": "<think>想</think>", "content": "红豆生南国，春来发几枝。\n愿君多采撷，此物最相思。", "author": "甲"},
     ]
     path = _write_jsonl(tmp_path / "dirty.jsonl", good + dirty)
     data = prepare_poems(_cfg(path, eval_size=1), tokenizer, max_length=128, use_cache=False)
@@ -125,15 +128,16 @@ def test_a_dirty_file_is_cleaned_and_every_drop_is_counted(tokenizer, tmp_path: 
         "empty": 2,
         "not_text": 1,
         "placeholder": 2,
+        "special_token": 2,
         "garbled": 2,
         "too_short": 1,
         "no_title": 1,
         "duplicate": 2,  # an exact copy, and one that differs only in line endings and spaces
         "too_long_tokens": 1,
     }
-    assert data.report["rows_in"] == 16 and data.report["rows_out"] == 4
+    assert data.report["rows_in"] == 18 and data.report["rows_out"] == 4
     assert len(data.train) + len(data.eval) == 4
-    assert "16 rows in, 4 out" in data.summary() and "placeholder 2" in data.summary()
+    assert "18 rows in, 4 out" in data.summary() and "placeholder 2" in data.summary()
 
 
 def test_split_is_reproducible_disjoint_and_sized(tokenizer):
