@@ -42,6 +42,9 @@ class PromptStyle(_Choice):
     title = "title"  # title -> poem: what `python -m poetry_sft.generate --title` asks for
     first_line = "first_line"  # first line (首句) -> the rest of the poem (continuation)
     form_theme = "form_theme"  # form (五言绝句, 七言律诗, ...) + theme (the title) -> poem
+    keywords = (
+        "keywords"  # imagery keywords (意象: 明月、孤舟) -> poem; from data.keywords_column or the poem
+    )
 
 
 class Batching(_Choice):
@@ -128,6 +131,8 @@ class DataConfig:
     content_column: str = "content"
     author_column: str | None = None  # optional columns: used for selection and {author}/{dynasty} in prompts
     dynasty_column: str | None = None
+    keywords_column: str | None = None  # a column of keywords for {keywords}; None: picked from each poem
+    max_keywords: int = 3  # keywords a {keywords} prompt names (picked from resources/imagery.txt)
     max_samples: int | None = None  # keep N poems (after cleaning and shuffling with split_seed)
     eval_size: float = 0.01  # < 1: fraction of rows held out for eval; >= 1: a fixed number of rows
     split_seed: int = 0  # shuffles before the split; apart from train.seed so the eval set stays put
@@ -281,6 +286,33 @@ def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]
     return problems
 
 
+def _generation_prompt_problems(cfg: RunConfig, fields: set[str]) -> list[str]:
+    """A run that writes poems (generation.eval_titles, sample_titles, generation.report) must be able to
+    build its prompts from a title alone (plus generation.form): found before training, not after."""
+    from poetry_sft.data import PROMPT_SUBJECT
+
+    if not (cfg.generation.eval_titles or cfg.sample_titles or cfg.generation.report):
+        return []
+    style, given = cfg.data.prompt_style, {PROMPT_SUBJECT[cfg.data.prompt_style]}
+    problems = []
+    if missing := sorted(fields - given - ({"form"} if cfg.generation.form else set())):
+        fix = (
+            "set generation.form=七言绝句 (or another regulated form)"
+            if missing == ["form"]
+            else ("use a data.prompt_template with only {" + next(iter(given)) + "} (and {form})")
+        )
+        problems.append(
+            f"data.prompt_style={style} prompts need {', '.join(missing)}, which generation.eval_titles/"
+            f"sample_titles/report cannot give: {fix}, or drop those settings"
+        )
+    if style is PromptStyle.first_line and cfg.generation.form and cfg.sample_titles:
+        problems.append(
+            "sample_titles with generation.form constrain whole poems, but data.prompt_style=first_line runs "
+            "continue a first line: set generation.form=null or drop sample_titles"
+        )
+    return problems
+
+
 def _data_problems(cfg: RunConfig) -> list[str]:
     from poetry_sft.data import FORM_NAMES, prompt_fields, prompt_template
 
@@ -289,6 +321,8 @@ def _data_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"data.min_chinese_fraction={data.min_chinese_fraction} must be in [0, 1]")
     if data.max_chars is not None and data.max_chars < max(data.min_chars, 1):
         problems.append(f"data.max_chars={data.max_chars} must be at least data.min_chars={data.min_chars}")
+    if data.max_keywords < 1:
+        problems.append(f"data.max_keywords={data.max_keywords} must be at least 1")
     if unknown := [f for f in data.forms if f not in FORM_NAMES]:
         problems.append(f"data.forms: unknown {unknown}; choose from {', '.join(FORM_NAMES)}")
     try:
@@ -298,6 +332,7 @@ def _data_problems(cfg: RunConfig) -> list[str]:
     else:
         if data.prompt_style is PromptStyle.first_line and "first_line" not in fields:
             problems.append("data.prompt_style=first_line needs {first_line} in data.prompt_template")
+        problems += _generation_prompt_problems(cfg, fields)
         for column in ("author", "dynasty"):
             if column in fields and getattr(data, f"{column}_column") is None:
                 problems.append(f"data.prompt_template uses {{{column}}}: set data.{column}_column")

@@ -18,6 +18,7 @@ columns are built whole in numpy/Arrow, never row by row: ~23 s in all (bench/be
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ from poetry_sft.artifacts import staged_directory
 from poetry_sft.config import DataConfig, PromptStyle
 from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError
 from poetry_sft.metrics import OTHER_FORM, classify_form, line_lengths, split_lines
-from poetry_sft.paths import SAMPLE_POEMS, cache_dir
+from poetry_sft.paths import IMAGERY_WORDS, SAMPLE_POEMS, cache_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,8 +77,20 @@ PROMPT_TEMPLATES: dict[PromptStyle, str] = {
     PromptStyle.title: "以《{title}》为题，写一首古诗。",
     PromptStyle.first_line: "续写这首古诗，首句是：{first_line}",
     PromptStyle.form_theme: "以「{title}」为主题，写一首{form}。",
+    PromptStyle.keywords: "以「{keywords}」为意象，写一首古诗。",
 }
-PROMPT_FIELDS = ("title", "author", "dynasty", "form", "first_line")
+PROMPT_FIELDS = ("title", "author", "dynasty", "form", "first_line", "keywords")
+# What a generation request gives for each style (the rest of the prompt is filled in by name).
+PROMPT_SUBJECT = {
+    PromptStyle.title: "title",
+    PromptStyle.first_line: "first_line",
+    PromptStyle.form_theme: "title",
+    PromptStyle.keywords: "keywords",
+}
+KEYWORD_SEPARATOR = "、"
+# data.keywords_column while loaded: a str or list column (datasets may type it JSON); cleaning writes
+# the text that prompts use into "keywords".
+_GIVEN_KEYWORDS = "given_keywords"
 # The Qwen3 chat template renders an empty <think></think> block before the answer when thinking is
 # off; it belongs to the prompt (masked), so the model never learns to write <think> itself.
 CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
@@ -106,7 +119,39 @@ def split_first_line(content: str) -> tuple[str, str] | None:
     return (match[1], match[2]) if match and split_lines(match[2]) else None
 
 
-def _user_and_completion(template: str, style: PromptStyle, row: dict[str, Any]) -> tuple[str, str]:
+@functools.cache
+def _imagery_pattern() -> re.Pattern:
+    words = {
+        word
+        for line in IMAGERY_WORDS.read_text(encoding="utf-8").splitlines()
+        for word in line.split("#")[0].split()
+    }
+    # Longest first: at one position the regex takes the first alternative that matches (明月, not 月).
+    return re.compile("|".join(map(re.escape, sorted(words, key=len, reverse=True))))
+
+
+def poem_keywords(content: str, limit: int = 3) -> str:
+    """The imagery words (resources/imagery.txt) a poem uses, in order of first use, joined by 、.
+    "" when it uses none."""
+    found: list[str] = []
+    for match in _imagery_pattern().finditer(content):
+        if match[0] not in found:
+            found.append(match[0])
+            if len(found) == limit:
+                break
+    return KEYWORD_SEPARATOR.join(found)
+
+
+def _keywords_text(value: Any) -> str:
+    """A keywords cell: a string, or a list of strings (joined by 、)."""
+    if isinstance(value, (list, tuple)):
+        return KEYWORD_SEPARATOR.join(v.strip() for v in value if isinstance(v, str) and v.strip())
+    return _text(value)
+
+
+def _user_and_completion(
+    template: str, style: PromptStyle, row: dict[str, Any], max_keywords: int = 3
+) -> tuple[str, str]:
     content = row["content"]
     fields = {
         "title": row.get("title", ""),
@@ -115,6 +160,8 @@ def _user_and_completion(template: str, style: PromptStyle, row: dict[str, Any])
     }
     if "{form}" in template:
         fields["form"] = row.get("form") or poem_form(content)
+    if "{keywords}" in template:
+        fields["keywords"] = _keywords_text(row.get("keywords")) or poem_keywords(content, max_keywords)
     if style is PromptStyle.first_line:
         parts = split_first_line(content)
         if parts is None:
@@ -133,7 +180,7 @@ def make_formatting_func(cfg: DataConfig) -> Callable[[dict], dict]:
     template = prompt_template(cfg)
 
     def formatting_func(row: dict) -> dict:
-        user, completion = _user_and_completion(template, cfg.prompt_style, row)
+        user, completion = _user_and_completion(template, cfg.prompt_style, row, cfg.max_keywords)
         return {
             "prompt": _messages(cfg.system_prompt, user),
             "completion": [{"role": "assistant", "content": completion}],
@@ -155,17 +202,22 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str, user: st
     )
 
 
-def generation_prompt(tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, title: str, **fields: str) -> str:
-    """The text a model sees before writing the poem for `title`: exactly the training prompt.
+def generation_prompt(
+    tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, subject: str, form: str | None = None, **fields: str
+) -> str:
+    """The text a model sees before writing a poem: exactly the training prompt.
 
-    Styles that need more than a title take it as a keyword: first_line=..., form=..., author=...
+    `subject` is what the style asks for (PROMPT_SUBJECT): the title (title, form_theme), the first line
+    (first_line) or the keywords (keywords, e.g. "明月、孤舟"). form_theme also needs `form`; custom
+    templates take their other fields as keywords: author=..., dynasty=...
     """
     template = prompt_template(cfg)
-    values = {"title": title, **fields}
+    values = {PROMPT_SUBJECT[cfg.prompt_style]: subject, **({"form": form} if form else {}), **fields}
     if missing := sorted(prompt_fields(template) - set(values)):
+        how = {"form": "--form / generation.form"}
         raise ConfigError(
-            f"data.prompt_style={cfg.prompt_style} prompts need {', '.join(missing)} besides the title; "
-            f"pass {', '.join(f'{m}=...' for m in missing)} to generation_prompt"
+            f"data.prompt_style={cfg.prompt_style} prompts need {', '.join(missing)} besides the "
+            f"{PROMPT_SUBJECT[cfg.prompt_style]}: give {', '.join(how.get(m, f'{m}=...') for m in missing)}"
         )
     return chat_prompt(tokenizer, cfg.system_prompt, template.format(**values))
 
@@ -218,6 +270,8 @@ def _column_map(cfg: DataConfig) -> dict[str, str]:
     for ours in ("author", "dynasty"):
         if (source := getattr(cfg, f"{ours}_column")) is not None:
             columns[source] = ours
+    if cfg.keywords_column is not None:  # cleaning turns it into "keywords" (text, or picked from the poem)
+        columns[cfg.keywords_column] = _GIVEN_KEYWORDS
     return columns
 
 
@@ -226,6 +280,7 @@ def _select_columns(dataset: Dataset, cfg: DataConfig) -> Dataset:
     columns = _column_map(cfg)
     used = prompt_fields(prompt_template(cfg)) | {"title", "content"}
     used |= {key for key, chosen in (("author", cfg.authors), ("dynasty", cfg.dynasties)) if chosen}
+    used |= {_GIVEN_KEYWORDS} if "keywords" in used else set()
     missing = [src for src, ours in columns.items() if ours in used and src not in dataset.column_names]
     if missing:
         fixes = " ".join(f"data.{columns[c]}_column=<name>" for c in missing)
@@ -264,6 +319,7 @@ DROP_REASONS = (
     "no_title",  # the prompt needs a title and there is none (likewise no_author, no_dynasty)
     "no_author",
     "no_dynasty",
+    "no_keywords",  # prompt_style=keywords: no data.keywords_column value and no imagery word in the poem
     "one_line",  # prompt_style=first_line needs a second line to continue
     "not_selected",  # outside data.dynasties / data.authors / data.forms
     "duplicate",  # the same poem text again (the first copy stays)
@@ -292,8 +348,9 @@ def _special_tokens_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | 
 
 
 def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
-    reasons, contents, forms = [], [], []
+    reasons, contents, forms, keywords = [], [], [], []
     special = settings["special_tokens"]
+    given_keywords = [_keywords_text(v) for v in batch.get(_GIVEN_KEYWORDS, [])] or None
     extra = {key: [_text(v) for v in batch[key]] for key in ("title", "author", "dynasty") if key in batch}
     for i, raw in enumerate(batch["content"]):
         content = _normalise(raw) if isinstance(raw, str) else ""
@@ -321,6 +378,12 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
                 reason = next((f"no_{k}" for k in settings["needed"] if not extra[k][i]), "")
                 if not reason and settings["one_line_ok"] is False and split_first_line(content) is None:
                     reason = "one_line"
+                if not reason and settings["max_keywords"]:
+                    keywords.append(
+                        (given_keywords and given_keywords[i])
+                        or poem_keywords(content, settings["max_keywords"])
+                    )
+                    reason = "" if keywords[-1] else "no_keywords"
                 if not reason and settings["need_form"]:
                     form = poem_form(content)
                 if not reason and settings["selection"]:
@@ -330,7 +393,10 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
         reasons.append(reason)
         contents.append(content)
         forms.append(form)
-    return {**extra, "content": contents, "form": forms, "reason": reasons}
+        if settings["max_keywords"] and len(keywords) < len(reasons):
+            keywords.append("")
+    columns = {**extra, "content": contents, "form": forms, "reason": reasons}
+    return {**columns, "keywords": keywords} if settings["max_keywords"] else columns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,8 +567,10 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def _cache_key(cfg: DataConfig, source: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
     settings = {k: v for k, v in asdict(cfg).items() if k != "name"}
+    keyed = "keywords" in prompt_fields(prompt_template(cfg))  # the word list picks the keywords
+    imagery = hashlib.sha256(IMAGERY_WORDS.read_bytes()).hexdigest() if keyed else ""
     payload = json.dumps(
-        [_PIPELINE_VERSION, source, settings, tokenizer_fingerprint(tokenizer), max_length],
+        [_PIPELINE_VERSION, source, settings, tokenizer_fingerprint(tokenizer), max_length, imagery],
         sort_keys=True,
         default=str,
         ensure_ascii=False,
@@ -565,6 +633,7 @@ def _prepare(
         "one_line_ok": cfg.prompt_style is not PromptStyle.first_line,
         "need_form": bool(cfg.forms) or "form" in fields,
         "special_tokens": _special_tokens_pattern(tokenizer),
+        "max_keywords": cfg.max_keywords if "keywords" in fields else 0,  # 0: no {keywords} in the prompt
         "selection": {
             key: set(chosen)
             for key, chosen in (("dynasty", cfg.dynasties), ("author", cfg.authors), ("form", cfg.forms))
@@ -576,6 +645,7 @@ def _prepare(
         batched=True,
         batch_size=5000,
         fn_kwargs={"settings": settings},
+        remove_columns=[c for c in (_GIVEN_KEYWORDS,) if c in dataset.column_names],
         keep_in_memory=True,  # one process: ~10 us a row, cheaper than shipping rows to workers
         new_fingerprint=hashlib.sha256(json.dumps([raw._fingerprint, str(settings)]).encode()).hexdigest()[
             :16

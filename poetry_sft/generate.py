@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from poetry_sft import artifacts
-from poetry_sft.config import DataConfig, RunConfig, SamplingConfig, sampling_problems
+from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig, sampling_problems
 from poetry_sft.data import generation_prompt
 from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError
 from poetry_sft.metrics import FORMS
@@ -163,6 +163,11 @@ def generate_poems(
     sampling = sampling or SamplingConfig()
     budget = max_new_tokens or sampling.max_new_tokens
     gen_config = generation_config(sampling, model, tokenizer, budget)
+    if sampling.form and constrain and data_cfg.prompt_style is PromptStyle.first_line:
+        raise ConfigError(
+            f"--form / generation.form={sampling.form} constrains a whole poem, but this run continues a "
+            "given first line (data.prompt_style=first_line): leave the form out, or train another style"
+        )
     processor = form_processor(tokenizer, sampling, budget) if sampling.form and constrain else None
     was_training = model.training
     model.eval()
@@ -195,7 +200,7 @@ def _generate_batch(
     """`form` is recorded as asked for, constrained or not: score measures format accuracy against it."""
     from transformers import LogitsProcessorList
 
-    prompts = [generation_prompt(tokenizer, data_cfg, title) for title in titles]
+    prompts = [generation_prompt(tokenizer, data_cfg, title, form=form) for title in titles]
     inputs = tokenizer(
         prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
     ).to(model.device)
@@ -213,6 +218,8 @@ def _generate_batch(
         end = next((i for i, token in enumerate(row) if token in stops), None)
         # Special tokens stay in the text: a stray <|im_start|> should count against the poem.
         content = tokenizer.decode(row[:end], skip_special_tokens=False).strip()
+        if data_cfg.prompt_style is PromptStyle.first_line:  # the model wrote the rest: the poem is both
+            content = title + ("\n" if title.endswith(("。", "？", "！", "；")) else "") + content
         poems.append(Poem(title, content, form, stopped_at_eos=end is not None))
     return poems
 
@@ -255,7 +262,13 @@ def _parser() -> argparse.ArgumentParser:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--base", action="store_true", help="use the run's base model, not what it trained")
     which.add_argument("--model", help="any model instead (Hub id or directory, e.g. a merged run)")
-    parser.add_argument("--title", action="append", default=[], help="poem title/theme; repeat for more")
+    parser.add_argument(
+        "--title",
+        action="append",
+        default=[],
+        help="poem title/theme; repeat for more. What the run's prompts ask for: the first line for a "
+        "data.prompt_style=first_line run, keywords (明月、孤舟) for a keywords run",
+    )
     parser.add_argument("--titles-file", type=Path, help="titles, one per line (or .jsonl with 'title')")
     parser.add_argument("--per-title", type=int, default=1, help="poems per title (default 1)")
     parser.add_argument("--form", choices=FORMS, help="constrain decoding to this form")

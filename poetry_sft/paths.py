@@ -12,6 +12,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
 SAMPLE_POEMS = RESOURCES_DIR / "poems_sample.jsonl"
+IMAGERY_WORDS = RESOURCES_DIR / "imagery.txt"  # 意象 for data.prompt_style=keywords
 
 
 def _bundled(name: str, fallback: str) -> Path:

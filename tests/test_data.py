@@ -14,7 +14,9 @@ from poetry_sft.data import (
     generation_prompt,
     make_formatting_func,
     poem_form,
+    poem_keywords,
     prepare_poems,
+    split_first_line,
 )
 from poetry_sft.errors import ConfigError
 from poetry_sft.paths import SAMPLE_POEMS
@@ -117,8 +119,16 @@ def test_a_dirty_file_is_cleaned_and_every_drop_is_counted(tokenizer, tmp_path: 
         {"title": "又", "content": " " + POEMS[1]["content"].replace("\n", "\r\n") + " ", "author": "王"},
         {"title": "长诗", "content": "一二三四五六七，" * 40 + "终。", "author": "甲"},  # > max_length tokens
         # Control tokens as text would become the tokens themselves: an end of turn inside the poem.
-        {"title": "控制", "content": "白日依山尽，<|im_end|>黄河入海流。\n欲穷千里目，更上一层楼。", "author": "甲"},
-        {"title": "<think>想</think>", "content": "红豆生南国，春来发几枝。\n愿君多采撷，此物最相思。", "author": "甲"},
+        {
+            "title": "控制",
+            "content": "白日依山尽，<|im_end|>黄河入海流。\n欲穷千里目，更上一层楼。",
+            "author": "甲",
+        },
+        {
+            "title": "<think>想</think>",
+            "content": "红豆生南国，春来发几枝。\n愿君多采撷，此物最相思。",
+            "author": "甲",
+        },
     ]
     path = _write_jsonl(tmp_path / "dirty.jsonl", good + dirty)
     data = prepare_poems(_cfg(path, eval_size=1), tokenizer, max_length=128, use_cache=False)
@@ -197,10 +207,74 @@ def test_prompt_styles(tokenizer, distinct_poems: Path):
     assert any("写一首七言绝句" in p for p in prompts + [tokenizer.decode(e["input_ids"]) for e in data.eval])
 
 
+def test_keywords_are_the_poems_imagery_in_order_longest_first():
+    assert poem_keywords("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。") == "明月、霜、故乡"
+    assert poem_keywords("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。", limit=1) == "明月"
+    assert poem_keywords("尔禽啄木，恶蠹伤木。") == ""
+
+
+def test_keywords_style_uses_the_column_or_the_poems_imagery(tokenizer, tmp_path: Path):
+    rows = [
+        {"title": "静夜思", "content": "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"},
+        {"title": "啄木", "content": "尔禽啄木，恶蠹伤木。\n愈木无病，巢枝自足。"},  # no imagery word
+        *({"title": p["title"], "content": p["content"]} for p in POEMS[1:]),
+    ]
+    data = prepare_poems(
+        _cfg(_write_jsonl(tmp_path / "k.jsonl", rows), prompt_style=PromptStyle.keywords, author_column=None),
+        tokenizer,
+        256,
+        use_cache=False,
+    )
+    assert data.report["dropped"]["no_keywords"] == 1
+    prompts = {
+        _text(tokenizer, e["labels"]).removesuffix(EOS): tokenizer.decode(e["input_ids"]) for e in data.train
+    }
+    prompts |= {
+        _text(tokenizer, e["labels"]).removesuffix(EOS): tokenizer.decode(e["input_ids"]) for e in data.eval
+    }
+    assert "以「明月、霜、故乡」为意象" in prompts[rows[0]["content"]]
+    # A keywords column wins over the word list, as a list or a string.
+    given = [{**rows[0], "tags": ["思乡", "月夜"]}, *({**r, "tags": "山水"} for r in rows[2:])]
+    cfg = _cfg(
+        _write_jsonl(tmp_path / "tags.jsonl", given),
+        prompt_style=PromptStyle.keywords,
+        keywords_column="tags",
+        author_column=None,
+    )
+    data = prepare_poems(cfg, tokenizer, 256, use_cache=False)
+    texts = [tokenizer.decode(e["input_ids"]) for e in [*data.train, *data.eval]]
+    assert (
+        any("以「思乡、月夜」为意象" in t for t in texts) and sum("以「山水」为意象" in t for t in texts) == 3
+    )
+
+
+@pytest.mark.parametrize("style", list(PromptStyle))
+def test_generation_prompts_equal_the_training_prompts_in_every_style(tokenizer, distinct_poems: Path, style):
+    cfg = _cfg(distinct_poems, prompt_style=style)
+    data = prepare_poems(cfg, tokenizer, 256, use_cache=False)
+    titles = {p["content"]: p["title"] for p in map(json.loads, distinct_poems.read_text().splitlines())}
+    checked = 0
+    for example in [*data.train, *data.eval]:
+        start = next(i for i, label in enumerate(example["labels"]) if label != -100)
+        target = _text(tokenizer, example["labels"]).removesuffix(EOS)
+        if style is PromptStyle.first_line:
+            poem = next(c for c in titles if (parts := split_first_line(c)) and parts[1] == target)
+            prompt = generation_prompt(tokenizer, cfg, split_first_line(poem)[0])
+        elif style is PromptStyle.keywords:
+            prompt = generation_prompt(tokenizer, cfg, poem_keywords(target))
+        else:
+            prompt = generation_prompt(tokenizer, cfg, titles[target], form=poem_form(target))
+        assert tokenizer(prompt, add_special_tokens=False)["input_ids"] == example["input_ids"][:start]
+        checked += 1
+    assert checked >= 4
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
         (["data.forms=['五言排律']"], "data.forms: unknown"),
+        (["data.prompt_style=form_theme", "generation.eval_titles=['静夜思']"], "generation.form=七言绝句"),
+        (["data.max_keywords=0"], "data.max_keywords=0"),
         (["data.prompt_template='写{poet}'"], "unknown field"),
         (["data.prompt_style=first_line", "data.prompt_template='写{title}'"], "needs {first_line}"),
         (["model.attn_implementation=my_kernel", "data.batching=padding_free"], "data.batching=padded"),

@@ -184,6 +184,37 @@ def test_generation_stops_at_the_end_token_and_says_so(full_run: Path):
     assert not running.stopped_at_eos and running.content == "月" * GREEDY.max_new_tokens
 
 
+def test_each_prompt_style_generates_from_what_it_was_trained_on(full_run: Path):
+    from poetry_sft.config import PromptStyle
+
+    model, tokenizer, cfg = load_run(full_run)
+    style = lambda name: dataclasses.replace(cfg.data, prompt_style=PromptStyle(name))  # noqa: E731
+    # first_line: the subject is the first line, and the poem written is that line plus the rest.
+    [poem] = generate_poems(model, tokenizer, ["白日依山尽，"], style("first_line"), GREEDY)
+    assert poem.content.startswith("白日依山尽，") and len(poem.content) > len("白日依山尽，")
+    with pytest.raises(ConfigError, match="first_line"):
+        generate_poems(
+            model,
+            tokenizer,
+            ["白日依山尽，"],
+            style("first_line"),
+            dataclasses.replace(GREEDY, form="五言绝句"),
+        )
+    # form_theme names a form: without one the request is refused, naming --form.
+    with pytest.raises(ConfigError, match="--form"):
+        generate_poems(model, tokenizer, ["春"], style("form_theme"), GREEDY)
+    [poem] = generate_poems(
+        model,
+        tokenizer,
+        ["春"],
+        style("form_theme"),
+        dataclasses.replace(GREEDY, form="五言绝句", max_new_tokens=30),
+    )
+    assert metrics.classify_form(poem.content) == "五言绝句"  # constrained by the same form
+    [poem] = generate_poems(model, tokenizer, ["明月、孤舟"], style("keywords"), GREEDY)
+    assert poem.title == "明月、孤舟" and "<|im_start|>" not in poem.content
+
+
 # ---------------------------------------------------------------------------------------------
 # Merge
 
