@@ -363,3 +363,31 @@ def test_padded_batching_groups_poems_by_length(distinct_poems: Path, tmp_path: 
     assert batch["attention_mask"].shape == batch["input_ids"].shape and "position_ids" not in batch
     assert 0.5 < real_token_fraction(trainer) <= 1.0
     trainer.train()  # the `length` column the sampler reads does not reach the model
+
+
+def test_tokenizers_without_a_rust_backend_give_the_same_examples(tokenizer):
+    """The slow-tokenizer path of the batched encoder agrees with the Rust one, token for token."""
+    from poetry_sft.data import _chat_skeleton, _encode_examples
+
+    class Slow:  # the tokenizer's Python interface, without backend_tokenizer
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            if name == "backend_tokenizer":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    head, tail = _chat_skeleton(tokenizer, "你是诗人。")
+    users = [f"以《{p['title']}》为题，写一首古诗。" for p in POEMS]
+    poems = [p["content"] for p in POEMS]
+    fast = _encode_examples(tokenizer, head, tail, users, poems)
+    slow = _encode_examples(Slow(tokenizer), head, tail, users, poems)
+    for ours, theirs in zip(fast, slow, strict=True):
+        assert ours.tolist() == theirs.tolist()
+    flat, offsets, prompt = fast
+    first = tokenizer.decode(flat[offsets[0] + prompt[0] : offsets[1]].tolist())
+    assert first == POEMS[0]["content"] + EOS
