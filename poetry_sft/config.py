@@ -76,8 +76,8 @@ class RandomInitSpec:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     head_dim: int = 16
-    # Init std. Qwen3's 0.02 makes a 64-wide random model's logits nearly uniform, and frozen LoRA bases
-    # then cannot sharpen them; 0.2 gives adapters something to work with.
+    # Init std: Qwen3's 0.02 here. It leaves a 64-wide random model's logits nearly uniform, which frozen
+    # LoRA bases cannot sharpen, so conf/model/tiny.yaml sets 0.2.
     initializer_range: float = 0.02
     seed: int = 0
 

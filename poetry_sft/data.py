@@ -13,7 +13,7 @@ gives the same example in TRL's conversational prompt-completion format; tests c
 tokenisation of that example yields our labels. We tokenise ourselves because TRL renders the chat
 template twice and tokenises twice per example, one example at a time: minutes on the 321k-poem
 corpus. Here each poem's rendered chat is one string for the Rust tokenizer (all cores), and the
-columns are built whole in numpy/Arrow, never row by row: ~23 s in all (bench/bench_data.py).
+columns are built whole in numpy/Arrow, never row by row: ~24 s in all (bench/bench_data.py).
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
     extra = {key: [_text(v) for v in batch[key]] for key in ("title", "author", "dynasty") if key in batch}
     for i, raw in enumerate(batch["content"]):
         content = _normalise(raw) if isinstance(raw, str) else ""
-        form = ""
+        form = keyword = ""
         if not isinstance(raw, str):
             reason = "not_text"
         elif not content:
@@ -379,11 +379,10 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
                 if not reason and settings["one_line_ok"] is False and split_first_line(content) is None:
                     reason = "one_line"
                 if not reason and settings["max_keywords"]:
-                    keywords.append(
-                        (given_keywords and given_keywords[i])
-                        or poem_keywords(content, settings["max_keywords"])
+                    keyword = (given_keywords and given_keywords[i]) or poem_keywords(
+                        content, settings["max_keywords"]
                     )
-                    reason = "" if keywords[-1] else "no_keywords"
+                    reason = "" if keyword else "no_keywords"
                 if not reason and settings["need_form"]:
                     form = poem_form(content)
                 if not reason and settings["selection"]:
@@ -393,8 +392,7 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
         reasons.append(reason)
         contents.append(content)
         forms.append(form)
-        if settings["max_keywords"] and len(keywords) < len(reasons):
-            keywords.append("")
+        keywords.append(keyword)
     columns = {**extra, "content": contents, "form": forms, "reason": reasons}
     return {**columns, "keywords": keywords} if settings["max_keywords"] else columns
 
@@ -419,8 +417,6 @@ def _chat_skeleton(tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> tu
 def _examples(table: pa.Table, template: str, style: PromptStyle) -> tuple[list[str], list[str]]:
     """(user message, completion) per row."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    if prompt_fields(template) == {"title"} and style is not PromptStyle.first_line:
-        return [template.format(title=title) for title in columns["title"]], columns["content"]
     names = list(columns)
     pairs = [
         _user_and_completion(template, style, dict(zip(names, values, strict=True)))

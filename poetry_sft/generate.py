@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from poetry_sft import artifacts
 from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig, sampling_problems
 from poetry_sft.data import generation_prompt
-from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError
+from poetry_sft.errors import ConfigError, RunDirError, command
 from poetry_sft.metrics import FORMS
 from poetry_sft.modeling import load_tokenizer, resolve_model_path
 
@@ -320,23 +320,20 @@ def _load(
     return model, tokenizer, cfg.data, cfg.generation
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        titles = args.title + (read_titles(args.titles_file) if args.titles_file else [])
-        if not titles:
-            raise ConfigError("no titles: give --title TITLE (repeatable) or --titles-file FILE")
-        if args.per_title < 1:
-            raise ConfigError(f"--per-title {args.per_title} must be at least 1")
-        if args.out and args.out.exists():
-            raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
-        model, tokenizer, data_cfg, sampling = _load(args)
-        sampling = _sampling(sampling, args)
-        repeated = [title for title in titles for _ in range(args.per_title)]
-        poems = generate_poems(model, tokenizer, repeated, data_cfg, sampling)
-    except PoetrySFTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    titles = args.title + (read_titles(args.titles_file) if args.titles_file else [])
+    if not titles:
+        raise ConfigError("no titles: give --title TITLE (repeatable) or --titles-file FILE")
+    if args.per_title < 1:
+        raise ConfigError(f"--per-title {args.per_title} must be at least 1")
+    if args.out and args.out.exists():
+        raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
+    model, tokenizer, data_cfg, sampling = _load(args)
+    sampling = _sampling(sampling, args)
+    repeated = [title for title in titles for _ in range(args.per_title)]
+    poems = generate_poems(model, tokenizer, repeated, data_cfg, sampling)
     for poem in poems:
         print(f"《{poem.title}》\n{poem.content}\n")
     if args.out:

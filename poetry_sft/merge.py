@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from poetry_sft import artifacts
-from poetry_sft.errors import PoetrySFTError, RunDirError
+from poetry_sft.errors import RunDirError, command
 
 MERGED_DIR = "merged"
 
@@ -62,16 +62,13 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
     return out
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m poetry_sft.merge", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a finished LoRA/QLoRA run directory (runs/...)")
     parser.add_argument("--out", type=Path, help=f"where to write the model (default RUN_DIR/{MERGED_DIR})")
     args = parser.parse_args(argv)
-    try:
-        out = merge_run(args.run_dir, args.out)
-    except PoetrySFTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = merge_run(args.run_dir, args.out)
     print(f"merged model written to {out}; generate with it: python -m poetry_sft.generate --model {out}")
     return 0
 

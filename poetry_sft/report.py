@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from poetry_sft import artifacts
-from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError
+from poetry_sft.errors import ConfigError, RunDirError, command
 from poetry_sft.generate import Poem, generate_poems, load_model_dir, load_run, read_titles
 from poetry_sft.metrics import score_poems
 from poetry_sft.modeling import resolve_model_path
@@ -147,6 +147,7 @@ def write_report(
     return paths
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m poetry_sft.report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a finished run directory (runs/...)")
@@ -155,14 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-title", type=int, default=1, help="poems per title and model (default 1)")
     parser.add_argument("--out-dir", type=Path, help="where the report files go (default: the run directory)")
     args = parser.parse_args(argv)
-    try:
-        titles = args.title + (read_titles(args.titles_file) if args.titles_file else [])
-        if args.per_title < 1:
-            raise ConfigError(f"--per-title {args.per_title} must be at least 1")
-        json_path, md_path = write_report(args.run_dir, titles or None, args.per_title, args.out_dir)
-    except PoetrySFTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    titles = args.title + (read_titles(args.titles_file) if args.titles_file else [])
+    if args.per_title < 1:
+        raise ConfigError(f"--per-title {args.per_title} must be at least 1")
+    json_path, md_path = write_report(args.run_dir, titles or None, args.per_title, args.out_dir)
     print(f"wrote {json_path} and {md_path}")
     return 0
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from poetry_sft import metrics
+from poetry_sft.errors import PoetrySFTError, command
 
 
-class InputError(Exception):
+class InputError(PoetrySFTError):
     """A problem with the user's files, reported as one line without a traceback."""
 
 
@@ -116,13 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        scores = score_file(args.poems, args.form, args.reference)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    scores = score_file(args.poems, args.form, args.reference)
     rounded = {key: round(value, 4) if isinstance(value, float) else value for key, value in scores.items()}
     print(json.dumps(rounded, ensure_ascii=False, indent=2))
     return 0

@@ -11,6 +11,7 @@ from conftest import POEMS, run_config, tiny_overrides
 from poetry_sft import generate, merge, metrics, report, score
 from poetry_sft.callbacks import EVAL_POEMS_FILE
 from poetry_sft.config import SamplingConfig
+from poetry_sft.data import generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError
 from poetry_sft.generate import THINK_TOKENS, generate_poems, load_run
 from poetry_sft.modeling import resolve_model_path
@@ -211,7 +212,18 @@ def test_each_prompt_style_generates_from_what_it_was_trained_on(full_run: Path)
         dataclasses.replace(GREEDY, form="五言绝句", max_new_tokens=30),
     )
     assert metrics.classify_form(poem.content) == "五言绝句"  # constrained by the same form
-    [poem] = generate_poems(model, tokenizer, ["明月、孤舟"], style("keywords"), GREEDY)
+    # keywords: the model is asked with exactly the training prompt of that style.
+    asked: list[str] = []
+
+    def record(*args, **kwargs) -> str:
+        asked.append(generation_prompt(*args, **kwargs))
+        return asked[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generate, "generation_prompt", record)
+        [poem] = generate_poems(model, tokenizer, ["明月、孤舟"], style("keywords"), GREEDY)
+    assert asked == [generation_prompt(tokenizer, style("keywords"), "明月、孤舟")]
+    assert "以「明月、孤舟」为意象" in asked[0]
     assert poem.title == "明月、孤舟" and "<|im_start|>" not in poem.content
 
 
