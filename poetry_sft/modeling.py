@@ -23,13 +23,26 @@ def resolve_model_path(cfg: ModelConfig) -> str:
 
 
 def resolve_precision(precision: Precision) -> Precision:
+    return precision_choice(precision)[0]
+
+
+def precision_choice(precision: Precision) -> tuple[Precision, str]:
+    """The precision a run trains in, and why ("fp16: Tesla T4 (sm_75) has no native bf16").
+
+    `torch.cuda.is_bf16_supported()` is also true where bf16 is only emulated (T4, RTX 20xx, GTX 10/16xx:
+    compute capability < 8.0), so auto asks for the compute capability instead: bf16 from Ampere (sm_80) on.
+    """
     import torch
 
     if precision is not Precision.auto:
-        return precision
+        return precision, f"{precision}: set by train.precision"
     if not torch.cuda.is_available():
-        return Precision.fp32
-    return Precision.bf16 if torch.cuda.is_bf16_supported() else Precision.fp16
+        return Precision.fp32, "fp32: no CUDA GPU (CPU training)"
+    major, minor = torch.cuda.get_device_capability(0)
+    card = f"{torch.cuda.get_device_name(0)} (sm_{major}{minor})"
+    if major >= 8:
+        return Precision.bf16, f"bf16: {card} has native bf16"
+    return Precision.fp16, f"fp16: {card} has no native bf16 (only emulated), so fp16 mixed precision"
 
 
 def _dtype(precision: Precision) -> torch.dtype:
@@ -63,10 +76,15 @@ def load_model(cfg: RunConfig, name_or_path: str) -> PreTrainedModel:
     if cfg.method.name is Method.qlora:
         kwargs["quantization_config"] = quantization_config(cfg.method, precision)
         kwargs["dtype"] = _dtype(_compute_precision(precision))
-    elif cfg.method.name is Method.full and precision is Precision.fp16:
-        kwargs["dtype"] = _dtype(
-            Precision.fp32
-        )  # fp16 mixed precision needs fp32 master weights to scale grads
+    elif cfg.method.name is Method.full:
+        # fp32 master weights under bf16/fp16 autocast. bf16 weights lose every AdamW step smaller than their
+        # ulp (2^-8 relative): at lr 2e-5 only 30% of the elements of the tiny model at Qwen3's init scale
+        # moved in a step and RMSNorm weights (~1.0) never did; fp32 masters move all of them
+        # (tests/test_precision.py). Chosen over a stochastic-rounding/Kahan bf16 optimizer (torchao,
+        # torch-optimi) because it needs no extra package and works with every optimizer we offer,
+        # including bitsandbytes' 8-bit ones; the cost is 2 more bytes a parameter for weights and
+        # gradients, which the memory plan counts (poetry_sft/plan.py).
+        kwargs["dtype"] = _dtype(Precision.fp32)
     else:
         kwargs["dtype"] = _dtype(precision)
     with _explain_load_failure("model", name_or_path):

@@ -40,8 +40,8 @@ def training_shape(cfg: RunConfig) -> TrainingShape:
     if precision is Precision.fp32 and cfg.train.precision is Precision.auto:
         precision = Precision.bf16
     weights = precision
-    if cfg.method.name is Method.full and precision is Precision.fp16:
-        weights = Precision.fp32  # fp16 autocast over fp32 master weights (modeling.load_model)
+    if cfg.method.name is Method.full:
+        weights = Precision.fp32  # bf16/fp16 autocast over fp32 master weights (modeling.load_model)
     return TrainingShape(
         method=cfg.method.name.value,
         weight_dtype=weights.value,
@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     plan, arch, shape = planned
     budget = cfg.hardware.vram_gib
+    from poetry_sft.modeling import precision_choice
+
     print(f"memory plan: model={cfg.model.name} method={shape.method} hardware={cfg.hardware.name}")
+    _, reason = precision_choice(cfg.train.precision)
+    planned_for = "" if shape.compute_dtype in reason[:5] else f" (planned for {shape.compute_dtype} on a GPU)"
+    print(f"precision: {reason}{planned_for}")
     verdict = over_budget_message(arch, shape, budget)  # the breakdown and the fixes
     print(
         verdict

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 from poetry_sft import artifacts
 from poetry_sft.config import PACKED_ATTENTION, Batching, HardwareConfig, Precision, RunConfig
 from poetry_sft.data import prepare_poems
-from poetry_sft.modeling import load_model, load_tokenizer, peft_config, resolve_model_path, resolve_precision
+from poetry_sft.modeling import (
+    load_model,
+    load_tokenizer,
+    peft_config,
+    precision_choice,
+    resolve_model_path,
+    resolve_precision,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -142,6 +149,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     artifacts.discard_incomplete_checkpoints(run_dir)
     artifacts.save_run_config(cfg, run_dir)
     _cap_gpu_memory(cfg.hardware)
+    log.info("precision: %s", precision_choice(cfg.train.precision)[1])
     trainer = build_trainer(cfg, run_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
