@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"memory plan: model={cfg.model.name} method={shape.method} hardware={cfg.hardware.name}")
     _, reason = precision_choice(cfg.train.precision)
-    planned_for = "" if shape.compute_dtype in reason[:5] else f" (planned for {shape.compute_dtype} on a GPU)"
+    planned_for = (
+        "" if reason.startswith(str(shape.compute_dtype)) else f" (planned for {shape.compute_dtype})"
+    )
     print(f"precision: {reason}{planned_for}")
     verdict = over_budget_message(arch, shape, budget)  # the breakdown and the fixes
     print(
