@@ -133,10 +133,6 @@ def _build(arch: Architecture, shape: TrainingShape):
         targets = "all-linear" if "all-linear" in shape.lora_targets else list(shape.lora_targets)
         lora = peft.LoraConfig(r=shape.lora_r, target_modules=targets, lora_dropout=shape.lora_dropout)
         model = peft.get_peft_model(model, lora)
-    if shape.method == "qlora":  # SFTTrainer casts a quantised model's adapters to bf16
-        for param in model.parameters():
-            if param.requires_grad:
-                param.data = param.data.to(torch.bfloat16)
     if shape.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if shape.method != "full":

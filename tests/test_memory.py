@@ -209,7 +209,7 @@ def lora_model(targets: tuple[str, ...]):
 
 
 def qlora_model(arch: Architecture):
-    """What the trainer will hold: NF4 base, prepare_model_for_kbit_training, bf16 adapters (TRL)."""
+    """What the trainer will hold: NF4 base, prepare_model_for_kbit_training, fp32 adapters."""
     import tempfile
 
     import peft
@@ -228,11 +228,8 @@ def qlora_model(arch: Architecture):
             tmp, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
         )
     model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=list(QKVO), lora_dropout=0.0))
-    for param in model.parameters():
-        if param.requires_grad:
-            param.data = param.data.to(torch.bfloat16)
-    return model
+    # fp32 adapters: TRL casts them to bf16, training._keep_adapters_fp32 casts them back
+    return peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=list(QKVO), lora_dropout=0.0))
 
 
 # CPU dropout saves its scaled noise in the input's dtype where CUDA's fused kernel saves a bool mask,
