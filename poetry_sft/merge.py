@@ -9,23 +9,76 @@ QLoRA adapters are merged into the *unquantised* base (its saved dtype, bf16 for
 for the tiny test model). Merging into the 4-bit weights would dequantise, add the low-rank update
 and round it back to NF4, losing much of the update in the rounding, and the result could only be
 loaded with bitsandbytes. The price: the adapter was trained against the 4-bit-rounded base, so the
-merged model differs from the trained one by the base's quantisation error (the same is true of
-`python -m poetry_sft.generate`, which also puts the adapter on the unquantised base).
+merged model differs from the trained one by the base's quantisation error. So that nobody ships an
+untested merge, `merge` compares the merged model with the trained one (the adapter on the base it
+trained on) on a few prompts, prints greedy agreement and the logit difference, and writes them to
+`<out>/merge_check.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from poetry_sft import artifacts
+from poetry_sft.config import RunConfig
 from poetry_sft.errors import RunDirError, command
 
 MERGED_DIR = "merged"
+CHECK_FILE = "merge_check.json"
+CHECK_TITLES = ("春夜喜雨", "登高", "静夜思", "山居秋暝", "江雪", "月夜")
+
+
+def compare_models(trained: Any, merged: Any, tokenizer: Any, cfg: RunConfig) -> dict[str, Any]:
+    """How far the merged model is from the trained one: greedy poems that agree, and the next-token
+    logits' difference over the prompts (max and mean absolute, on the trained model's scale)."""
+    import dataclasses
+
+    import torch
+
+    from poetry_sft.data import generation_prompt
+    from poetry_sft.generate import generate_poems
+
+    greedy = dataclasses.replace(cfg.generation, do_sample=False, form=None, rhyme=False)
+    titles = list(CHECK_TITLES)
+    first, second = (
+        [p.content for p in generate_poems(m, tokenizer, titles, cfg.data, greedy, constrain=False)]
+        for m in (trained, merged)
+    )
+    max_diff = mean_diff = 0.0
+    with torch.no_grad():
+        for title in titles:
+            text = generation_prompt(tokenizer, cfg.data, title, cfg.generation.form)
+            ids = tokenizer(text, return_tensors="pt").input_ids
+            a, b = (m(input_ids=ids.to(m.device)).logits.float().cpu() for m in (trained, merged))
+            max_diff = max(max_diff, (a - b).abs().max().item())
+            mean_diff += (a - b).abs().mean().item() / len(titles)
+    return {
+        "prompts": len(titles),
+        "greedy_poems_agreeing": sum(x == y for x, y in zip(first, second)),
+        "max_abs_logit_diff": round(max_diff, 4),
+        "mean_abs_logit_diff": round(mean_diff, 4),
+        "method": str(cfg.method.name),
+    }
+
+
+def describe_check(check: dict[str, Any]) -> str:
+    return (
+        f"merged vs trained model on {check['prompts']} prompts: {check['greedy_poems_agreeing']}/"
+        f"{check['prompts']} greedy poems identical, logits differ by max {check['max_abs_logit_diff']:g}, "
+        f"mean {check['mean_abs_logit_diff']:g}"
+        + (
+            " (QLoRA: the adapter was trained on the 4-bit base; the merged model has the unquantised one)"
+            if check["method"] == "qlora"
+            else ""
+        )
+    )
 
 
 def merge_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -46,14 +99,18 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
 
     from poetry_sft.generate import load_run
 
-    model, tokenizer, _ = load_run(run_dir)  # the adapter on the unquantised base, as generation uses it
+    model, tokenizer, cfg = load_run(run_dir, dequantized_base=True)
     merged = model.merge_and_unload()
+    trained, _, _ = load_run(run_dir)  # the adapter on the base it trained on (4-bit for QLoRA)
+    check = compare_models(trained, merged, tokenizer, cfg)
+    del trained
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: an interrupted merge never leaves a half model at `out`.
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        artifacts.write_json(staging / CHECK_FILE, check)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)
@@ -69,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=f"where to write the model (default RUN_DIR/{MERGED_DIR})")
     args = parser.parse_args(argv)
     out = merge_run(args.run_dir, args.out)
+    print(describe_check(json.loads((out / CHECK_FILE).read_text(encoding="utf-8"))))
     print(f"merged model written to {out}; generate with it: python -m poetry_sft.generate --model {out}")
     return 0
 

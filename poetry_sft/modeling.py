@@ -75,7 +75,7 @@ def load_model(cfg: RunConfig, name_or_path: str) -> PreTrainedModel:
     }
     if cfg.method.name is Method.qlora:
         kwargs["quantization_config"] = quantization_config(cfg.method, precision)
-        kwargs["dtype"] = _dtype(_compute_precision(precision))
+        kwargs["dtype"] = compute_dtype(precision)
     elif cfg.method.name is Method.full:
         # fp32 master weights under bf16/fp16 autocast. bf16 weights lose every AdamW step smaller than their
         # ulp (2^-8 relative): at lr 2e-5 only 30% of the elements of the tiny model at Qwen3's init scale
@@ -104,6 +104,11 @@ def _compute_precision(precision: Precision) -> Precision:
     return Precision.bf16 if precision in (Precision.bf16, Precision.fp32) else Precision.fp16
 
 
+def compute_dtype(precision: Precision) -> torch.dtype:
+    """What a 4-bit base computes in for a run trained in `precision`."""
+    return _dtype(_compute_precision(precision))
+
+
 def quantization_config(method: MethodConfig, precision: Precision):
     from transformers import BitsAndBytesConfig
 
@@ -111,7 +116,7 @@ def quantization_config(method: MethodConfig, precision: Precision):
         load_in_4bit=True,
         bnb_4bit_quant_type=method.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=method.bnb_4bit_use_double_quant,
-        bnb_4bit_compute_dtype=_dtype(_compute_precision(precision)),
+        bnb_4bit_compute_dtype=compute_dtype(precision),
     )
 
 

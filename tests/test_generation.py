@@ -248,6 +248,42 @@ def test_merged_model_loads_with_plain_transformers_and_matches_the_adapter(lora
     assert [p.content for p in base] != [p.content for p in with_adapter], "the merge carries the adapter"
 
 
+@pytest.fixture(scope="module")
+def qlora_run(poems_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train("qlora", poems_path, tmp_path_factory.mktemp("runs") / "qlora", [])
+
+
+def test_qlora_run_generates_on_the_4bit_base_it_trained_on(qlora_run: Path):
+    import bitsandbytes as bnb
+
+    def four_bit_layers(model: torch.nn.Module) -> int:
+        return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+    trained, tokenizer, cfg = load_run(qlora_run)
+    assert four_bit_layers(trained) > 0, "the trained model: adapter on the NF4 base"
+    assert four_bit_layers(load_run(qlora_run, base=True)[0]) > 0, "--base: the 4-bit base too"
+    dequantized, _, _ = load_run(qlora_run, dequantized_base=True)
+    assert four_bit_layers(dequantized) == 0
+    # the trained model's own outputs, as training and its eval callback saw them
+    ids = tokenizer(generation_prompt(tokenizer, cfg.data, "静夜思"), return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert not torch.equal(trained(input_ids=ids).logits, dequantized(input_ids=ids).logits)
+
+
+def test_merge_prints_how_far_the_merged_model_is_from_the_trained_one(
+    qlora_run: Path, lora_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    assert merge.main([str(qlora_run), "--out", str(tmp_path / "q")]) == 0
+    printed = capsys.readouterr().out
+    check = json.loads((tmp_path / "q" / merge.CHECK_FILE).read_text(encoding="utf-8"))
+    assert f"{check['greedy_poems_agreeing']}/6 greedy poems identical" in printed
+    assert "4-bit base" in printed
+    assert check["max_abs_logit_diff"] > 0  # the unquantised base is not the one the adapter learned on
+    trained, tokenizer, cfg = load_run(lora_run)
+    lora = merge.compare_models(trained, load_run(lora_run)[0].merge_and_unload(), tokenizer, cfg)
+    assert lora["greedy_poems_agreeing"] == 6 and lora["max_abs_logit_diff"] < 1e-3  # LoRA: same model
+
+
 def test_merge_refuses_to_overwrite_and_explains_full_runs(lora_run: Path, full_run: Path, tmp_path: Path):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
