@@ -61,7 +61,7 @@ def compare_models(trained: Any, merged: Any, tokenizer: Any, cfg: RunConfig) ->
             mean_diff += (a - b).abs().mean().item() / len(titles)
     return {
         "prompts": len(titles),
-        "greedy_poems_agreeing": sum(x == y for x, y in zip(first, second)),
+        "greedy_poems_agreeing": sum(x == y for x, y in zip(first, second, strict=True)),
         "max_abs_logit_diff": round(max_diff, 4),
         "mean_abs_logit_diff": round(mean_diff, 4),
         "method": str(cfg.method.name),
