@@ -25,10 +25,18 @@ class _Choice(str, Enum):
         return self.value
 
 
-class Method(_Choice):
-    full = "full"
-    lora = "lora"
-    qlora = "qlora"
+class Trains(_Choice):
+    """What a method trains (TRL's ModelConfig.use_peft): every weight, or an adapter on a frozen base."""
+
+    all = "all"
+    adapter = "adapter"
+
+
+class BaseStorage(_Choice):
+    """How the base model's weights are held: as saved (under the run's precision) or 4-bit (bitsandbytes)."""
+
+    native = "native"
+    bnb_4bit = "bnb_4bit"  # TRL's ModelConfig.load_in_4bit; the kind is method.bnb_4bit_quant_type
 
 
 class Precision(_Choice):
@@ -93,17 +101,37 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: Method = MISSING
+    """A method is its traits (conf/method/*.yaml); the code branches on them, the name only names the run."""
+
+    name: str = MISSING
+    trains: Trains = MISSING
+    base: BaseStorage = BaseStorage.native
     learning_rate: float = MISSING
     optimizer: str | None = None  # None: the hardware profile's choice; qlora pins paged_adamw_8bit
-    # LoRA / QLoRA adapter
+    # The adapter (trains=adapter): peft's LoraConfig
     r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # QLoRA base-model quantisation (bitsandbytes)
+    use_dora: bool = False  # DoRA: a trained magnitude per output row beside the low-rank direction
+    use_rslora: bool = False  # rsLoRA: scale by alpha/sqrt(r) instead of alpha/r (higher ranks keep learning)
+    init_lora_weights: str = "true"  # "true" (B=0), "gaussian", "pissa", "pissa_niter_N", "olora", ...
+    # The 4-bit base (base=4bit), bitsandbytes
     bnb_4bit_quant_type: str = "nf4"
     bnb_4bit_use_double_quant: bool = True
+
+    @property
+    def uses_adapter(self) -> bool:
+        return self.trains is Trains.adapter
+
+    @property
+    def quantized(self) -> bool:
+        return self.base is BaseStorage.bnb_4bit
+
+    @property
+    def plan_kind(self) -> str:
+        """What the memory plan models: all weights, an adapter on a 16-bit base, or on a 4-bit one."""
+        return "qlora" if self.quantized else "lora" if self.uses_adapter else "full"
 
 
 @dataclass
@@ -240,7 +268,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.optimizer not in OPTIMIZERS:
         key = "method.optimizer" if cfg.method.optimizer else "hardware.optimizer"
         problems.append(f"{key}={cfg.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    if cfg.method.name is not Method.full:
+    problems += _method_problems(cfg)
+    if cfg.method.uses_adapter:
         positive("method.r", cfg.method.r)
         positive("method.lora_alpha", cfg.method.lora_alpha)
         if not 0 <= cfg.method.lora_dropout < 1:
@@ -249,18 +278,50 @@ def validate(cfg: RunConfig) -> RunConfig:
             problems.append(
                 "method.target_modules is empty: name projections, e.g. [q_proj,v_proj] or [all-linear]"
             )
-    if cfg.method.name is Method.qlora and "8bit" not in cfg.optimizer and "paged" not in cfg.optimizer:
+    if cfg.method.quantized and "8bit" not in cfg.optimizer and "paged" not in cfg.optimizer:
         problems.append(
-            f"method=qlora trains with a paged 8-bit optimizer, not {cfg.optimizer!r}: "
-            "remove the method.optimizer override or set method.optimizer=paged_adamw_8bit"
+            f"method={cfg.method.name} (a 4-bit base) trains with a paged 8-bit optimizer, not "
+            f"{cfg.optimizer!r}: remove the method.optimizer override or set "
+            "method.optimizer=paged_adamw_8bit"
         )
-    if cfg.method.name is Method.qlora and cfg.method.bnb_4bit_quant_type not in ("nf4", "fp4"):
+    if cfg.method.quantized and cfg.method.bnb_4bit_quant_type not in ("nf4", "fp4"):
         problems.append(f"method.bnb_4bit_quant_type={cfg.method.bnb_4bit_quant_type!r} must be nf4 or fp4")
     problems.extend(_data_problems(cfg))
     problems += sampling_problems(cfg.generation)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg
+
+
+def _method_problems(cfg: RunConfig) -> list[str]:
+    """Trait combinations that cannot train."""
+    method, problems = cfg.method, []
+    if method.quantized and not method.uses_adapter:
+        problems.append(
+            f"method={method.name}: method.trains=all with method.base=bnb_4bit cannot train (4-bit "
+            "weights have no gradients). Fix: method.trains=adapter (QLoRA), or method.base=native for "
+            "full fine-tuning"
+        )
+    adapter_only = {"use_dora": method.use_dora, "use_rslora": method.use_rslora}
+    adapter_only["init_lora_weights"] = method.init_lora_weights != "true"
+    if not method.uses_adapter and (set_ := [k for k, v in adapter_only.items() if v]):
+        problems.append(
+            f"method={method.name} trains all weights, so {', '.join('method.' + k for k in set_)} "
+            "(adapter options) would do nothing. Fix: drop them, or use method=lora/dora/rslora/pissa"
+        )
+    init = method.init_lora_weights
+    known = ("true", "false", "gaussian", "pissa", "olora", "corda", "eva", "loftq")
+    if not (init in known or init.startswith("pissa_niter_")):
+        problems.append(
+            f"method.init_lora_weights={init!r} is not one of {', '.join(known)} or pissa_niter_N "
+            "(peft's LoraConfig.init_lora_weights)"
+        )
+    if method.quantized and init.startswith("pissa"):
+        problems.append(
+            "method.init_lora_weights=pissa needs the base's full-precision weights (PiSSA moves their "
+            "principal components into the adapter), not a 4-bit base. Fix: method=pissa (16-bit base)"
+        )
+    return problems
 
 
 def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from poetry_sft import artifacts
-from poetry_sft.config import DataConfig, Method, PromptStyle, RunConfig, SamplingConfig, sampling_problems
+from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig, sampling_problems
 from poetry_sft.data import generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError, command
 from poetry_sft.metrics import FORMS
@@ -69,7 +69,7 @@ def load_base(cfg: RunConfig, dequantized: bool = False) -> PreTrainedModel:
     adapter learned to correct that model, not the unquantised one: on the tiny model 0 of 6 greedy poems
     agreed between the two), unless `dequantized`; otherwise the saved weights."""
     path = resolve_model_path(cfg.model)
-    if cfg.method.name is not Method.qlora or dequantized:
+    if not cfg.method.quantized or dequantized:
         return load_model_dir(path)
     from transformers import AutoModelForCausalLM
 

@@ -168,6 +168,7 @@ class TrainingShape:
     padded: bool = True  # batches padded to the longest: SDPA gets a mask and k/v repeated to all heads
     kbit_upcast: bool = True  # qlora: prepare_model_for_kbit_training upcasts unquantised params to fp32
     double_quant: bool = True  # qlora: bnb_4bit_use_double_quant
+    dora: bool = False  # DoRA (method.use_dora): a trained magnitude per output row of every adapter
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -334,7 +335,10 @@ def _trainable_shapes(arch: Architecture, shape: TrainingShape) -> list[tuple[in
     """Every trainable tensor: the whole model, or the LoRA A and B matrices."""
     if shape.method == "full":
         return arch.param_shapes()
-    return _lora_shapes(arch, shape.lora_r, shape.lora_targets)
+    shapes = _lora_shapes(arch, shape.lora_r, shape.lora_targets)
+    if shape.dora:  # peft's lora_magnitude_vector: one value per output row of each adapted Linear
+        shapes += [(arch.linear_shapes()[n][1],) for n in shape.targets] * arch.num_hidden_layers
+    return shapes
 
 
 def _trainable_bytes_per_param(shape: TrainingShape) -> int:
@@ -453,7 +457,8 @@ def _layer_saved_bytes(arch: Architecture, shape: TrainingShape) -> float:
     kv_saved = q if shape.padded else kv
     attention = act * (2 * q + 2 * kv_saved) + 4 * heads + (act * shape.seq_len if shape.padded else 0)
     mlp = 3 * lin * i
-    return norms + qk_norms + attention + mlp + _linear_input_bytes(arch, shape)
+    dora = sum(2 * act * arch.linear_shapes()[n][1] for n in shape.targets) if shape.dora else 0
+    return norms + qk_norms + attention + mlp + _linear_input_bytes(arch, shape) + dora
 
 
 def _linear_input_bytes(arch: Architecture, shape: TrainingShape) -> float:
@@ -522,7 +527,15 @@ def _layer_backward_bytes(arch: Architecture, shape: TrainingShape) -> float:
     waiting_head_grad = (
         arch.vocab_size * arch.hidden_size * DTYPE_BYTES[shape.weight_dtype] if head_trains_tied else 0
     )
-    return shape.tokens * (recompute + in_flight) + waiting_head_grad
+    return shape.tokens * (recompute + in_flight) + waiting_head_grad + _dora_weight_bytes(arch, shape)
+
+
+def _dora_weight_bytes(arch: Architecture, shape: TrainingShape) -> float:
+    """DoRA's weight norm materialises, per adapted Linear and step, the (dequantised) base weight, B @ A
+    and their sum in fp32: three (out, in) matrices of the largest adapted Linear at a time."""
+    if not shape.dora:
+        return 0.0
+    return 3 * 4 * max(math.prod(arch.linear_shapes()[n]) for n in shape.targets)
 
 
 def _embedding_backward_bytes(arch: Architecture, shape: TrainingShape) -> float:

@@ -64,7 +64,8 @@ def compare_models(trained: Any, merged: Any, tokenizer: Any, cfg: RunConfig) ->
         "greedy_poems_agreeing": sum(x == y for x, y in zip(first, second, strict=True)),
         "max_abs_logit_diff": round(max_diff, 4),
         "mean_abs_logit_diff": round(mean_diff, 4),
-        "method": str(cfg.method.name),
+        "method": cfg.method.name,
+        "quantized_base": cfg.method.quantized,
     }
 
 
@@ -75,7 +76,7 @@ def describe_check(check: dict[str, Any]) -> str:
         f"mean {check['mean_abs_logit_diff']:g}"
         + (
             " (QLoRA: the adapter was trained on the 4-bit base; the merged model has the unquantised one)"
-            if check["method"] == "qlora"
+            if check["quantized_base"]
             else ""
         )
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from poetry_sft.config import Method, MethodConfig, ModelConfig, Precision, RunConfig
+from poetry_sft.config import MethodConfig, ModelConfig, Precision, RunConfig
 from poetry_sft.errors import ResourceNotFoundError
 from poetry_sft.random_model import random_model_dir
 
@@ -73,10 +73,10 @@ def load_model(cfg: RunConfig, name_or_path: str) -> PreTrainedModel:
         "attn_implementation": cfg.model.attn_implementation,
         "revision": cfg.model.revision,
     }
-    if cfg.method.name is Method.qlora:
+    if cfg.method.quantized:
         kwargs["quantization_config"] = quantization_config(cfg.method, precision)
         kwargs["dtype"] = compute_dtype(precision)
-    elif cfg.method.name is Method.full:
+    elif not cfg.method.uses_adapter:
         # fp32 master weights under bf16/fp16 autocast. bf16 weights lose every AdamW step smaller than their
         # ulp (2^-8 relative): at lr 2e-5 only 30% of the elements of the tiny model at Qwen3's init scale
         # moved in a step and RMSNorm weights (~1.0) never did; fp32 masters move all of them
@@ -89,7 +89,7 @@ def load_model(cfg: RunConfig, name_or_path: str) -> PreTrainedModel:
         kwargs["dtype"] = _dtype(precision)
     with _explain_load_failure("model", name_or_path):
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    if cfg.method.name is Method.qlora:
+    if cfg.method.quantized:
         from peft import prepare_model_for_kbit_training
 
         # Norms/embeddings to fp32 for stable 4-bit training; gradient checkpointing as the profile says.
@@ -121,17 +121,22 @@ def quantization_config(method: MethodConfig, precision: Precision):
 
 
 def peft_config(method: MethodConfig) -> LoraConfig | None:
-    if method.name is Method.full:
+    """The adapter as peft describes it; SFTTrainer wraps the model with it. None: all weights train."""
+    if not method.uses_adapter:
         return None
     from peft import LoraConfig
 
     targets = method.target_modules
+    init = {"true": True, "false": False}.get(method.init_lora_weights, method.init_lora_weights)
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=method.r,
         lora_alpha=method.lora_alpha,
         lora_dropout=method.lora_dropout,
         target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
+        use_dora=method.use_dora,
+        use_rslora=method.use_rslora,
+        init_lora_weights=init,
     )
 
 

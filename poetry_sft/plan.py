@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from poetry_sft.config import Batching, Method, Precision, RunConfig
+from poetry_sft.config import Batching, Precision, RunConfig
 from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.memory import GIB, Architecture, MemoryPlan, TrainingShape, over_budget_message, plan_memory
 
@@ -40,10 +40,10 @@ def training_shape(cfg: RunConfig) -> TrainingShape:
     if precision is Precision.fp32 and cfg.train.precision is Precision.auto:
         precision = Precision.bf16
     weights = precision
-    if cfg.method.name is Method.full:
+    if not cfg.method.uses_adapter:
         weights = Precision.fp32  # bf16/fp16 autocast over fp32 master weights (modeling.load_model)
     return TrainingShape(
-        method=cfg.method.name.value,
+        method=cfg.method.plan_kind,
         weight_dtype=weights.value,
         compute_dtype=precision.value,
         optimizer=cfg.optimizer,
@@ -55,6 +55,7 @@ def training_shape(cfg: RunConfig) -> TrainingShape:
         lora_dropout=cfg.method.lora_dropout,
         padded=resolve_batching(cfg) is Batching.padded,
         double_quant=cfg.method.bnb_4bit_use_double_quant,
+        dora=cfg.method.use_dora,
     )
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = cfg.hardware.vram_gib
     from poetry_sft.modeling import precision_choice
 
-    print(f"memory plan: model={cfg.model.name} method={shape.method} hardware={cfg.hardware.name}")
+    print(f"memory plan: model={cfg.model.name} method={cfg.method.name} hardware={cfg.hardware.name}")
     _, reason = precision_choice(cfg.train.precision)
     planned_for = (
         "" if reason.startswith(str(shape.compute_dtype)) else f" (planned for {shape.compute_dtype})"

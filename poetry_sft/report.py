@@ -70,7 +70,7 @@ def evaluate_run(run_dir: Path, titles: list[str] | None = None, per_title: int 
 
     return {
         "run_dir": str(run_dir),
-        "method": cfg.method.name.value,
+        "method": cfg.method.name,
         "base_model": cfg.model.name_or_path,
         "titles": titles,
         "per_title": per_title,

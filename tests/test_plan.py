@@ -6,13 +6,22 @@ from pathlib import Path
 
 import pytest
 from conftest import PYTHON, run_config
+from omegaconf import OmegaConf
 
 from poetry_sft.errors import ConfigError
 from poetry_sft.memory import GIB
+from poetry_sft.paths import CONF_DIR
 from poetry_sft.plan import check_budget, training_shape
 
 QWEN_SHAPE = "model=qwen3_0.6b_random"  # Qwen3-0.6B's exact shape; nothing is built to plan it
-FITTING = [p for p in itertools.product(["full", "lora", "qlora"], ["4gb", "8gb"]) if p != ("full", "4gb")]
+METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+HARDWARE = sorted(p.stem for p in (CONF_DIR / "hardware").glob("*.yaml"))
+# every profile but full fine-tuning on cards under 8 GB is meant to run
+FITTING = [
+    (m, h)
+    for m, h in itertools.product(METHODS, HARDWARE)
+    if not (m == "full" and OmegaConf.load(CONF_DIR / "hardware" / f"{h}.yaml").vram_gib < 8)
+]
 
 
 @pytest.mark.parametrize(("method", "hardware"), FITTING)
@@ -58,3 +67,19 @@ def test_plan_command_prints_the_table(tmp_path: Path):
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "weights" in result.stdout and "fits:" in result.stdout
+
+
+def test_dora_plans_its_magnitude_vectors_and_weight_norms():
+    lora, dora = (training_shape(run_config([QWEN_SHAPE, f"method={m}"])) for m in ("lora", "dora"))
+    assert not lora.dora and dora.dora
+    from poetry_sft.memory import plan_memory
+    from poetry_sft.plan import architecture
+
+    qwen = architecture(run_config([QWEN_SHAPE]))
+    assert qwen is not None
+    lora_plan, dora_plan = plan_memory(qwen, lora), plan_memory(qwen, dora)
+    # q/k/v/o output rows per layer, fp32: the magnitude vectors
+    rows = sum(qwen.linear_shapes()[n][1] for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert dora_plan.items["lora"] - lora_plan.items["lora"] == rows * qwen.num_hidden_layers * 4
+    assert dora_plan.items["activations"] > lora_plan.items["activations"]
+    assert dora_plan.items["recompute"] > lora_plan.items["recompute"]
