@@ -39,6 +39,11 @@ class PreflightCallback(Callback):
             _ensure_one_run_dir_for_all_processes(config)
             # A finished run is refused and a mismatched resume too, before Hydra writes into the directory.
             run_cfg = to_run_config(config)
+            if run_cfg.trainer:  # the pass-through's keys, against TRL's SFTConfig (imports trl)
+                from poetry_sft.training import trainer_problems
+
+                if problems := trainer_problems(run_cfg):
+                    raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
             find_resume_checkpoint(Path(config.hydra.run.dir), run_cfg)
             check_budget(run_cfg)  # memory plan vs the profile's card, before any weights load
         except PoetrySFTError as err:

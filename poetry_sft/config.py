@@ -12,6 +12,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
@@ -235,6 +236,10 @@ class RunConfig:
     # After training, reload the saved result from disk and write one poem per title (samples.json).
     sample_titles: list[str] = field(default_factory=list)
     generation: SamplingConfig = field(default_factory=SamplingConfig)
+    # Any other TRL SFTConfig / transformers TrainingArguments option by its own name, passed through:
+    # trainer.neftune_noise_alpha=5, trainer.use_liger_kernel=true. Keys are checked against SFTConfig's
+    # fields before anything loads (training.trainer_problems); the ones our groups set are refused there.
+    trainer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def optimizer(self) -> str:

@@ -31,13 +31,17 @@ CUDA_CONTEXT_GIB = 0.4
 
 
 def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
-    """Our config groups, translated into TRL/transformers arguments (nothing else decides them)."""
+    """Our config groups, translated into TRL/transformers arguments, plus the `trainer.*` pass-through."""
     import torch
     from trl import SFTConfig
 
     precision = resolve_precision(cfg.train.precision)
+    return SFTConfig(**_our_sft_args(cfg, run_dir, precision, torch.cuda.is_available()), **cfg.trainer)
+
+
+def _our_sft_args(cfg: RunConfig, run_dir: Path, precision: Precision, cuda: bool) -> dict[str, Any]:
     hw, train = cfg.hardware, cfg.train
-    return SFTConfig(
+    return dict(
         output_dir=str(run_dir / artifacts.CHECKPOINTS_DIR),
         per_device_train_batch_size=hw.per_device_train_batch_size,
         per_device_eval_batch_size=hw.per_device_train_batch_size,
@@ -60,12 +64,45 @@ def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
         save_total_limit=train.save_total_limit,
         bf16=precision is Precision.bf16,
         fp16=precision is Precision.fp16,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not cuda,
         seed=train.seed,
         dataloader_num_workers=train.dataloader_num_workers,
         include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
         report_to=train.report_to,
     )
+
+
+def trainer_problems(cfg: RunConfig) -> list[str]:
+    """The `trainer.*` pass-through: each key must be an SFTConfig field that our groups do not set."""
+    if not cfg.trainer:
+        return []
+    import dataclasses
+    import difflib
+
+    from trl import SFTConfig
+
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    ours = set(_our_sft_args(cfg, Path("."), Precision.fp32, cuda=False)) | {"bf16", "fp16"}
+    problems = []
+    for key in cfg.trainer:
+        if key in ours:
+            problems.append(
+                f"trainer.{key} is set by our config groups (method/hardware/train/data): change it there "
+                f"(grep conf/ for {key}) instead of passing it through"
+            )
+        elif key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" Did you mean trainer.{close[0]}?" if close else ""
+            problems.append(f"trainer.{key} is not an option of TRL's SFTConfig.{hint}")
+    if cfg.trainer.get("use_liger_kernel"):
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            problems.append(
+                "trainer.use_liger_kernel=true needs the liger-kernel package (Linux + CUDA + Triton): "
+                "pip install liger-kernel, or drop the option"
+            )
+    return problems
 
 
 def resolve_batching(cfg: RunConfig) -> Batching:

@@ -124,3 +124,15 @@ def test_loss_falls_on_a_memorisable_set(method: str, poems_file: Path, tmp_path
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.5 * first, losses
+
+
+def test_trainer_pass_through_reaches_sft_config_and_typos_are_refused(poems_file: Path, tmp_path: Path):
+    from poetry_sft.training import trainer_problems
+
+    overrides = tiny_overrides("lora", poems_file, steps=1) + ["+trainer.neftune_noise_alpha=5"]
+    trainer = build_trainer(run_config(overrides), tmp_path)
+    assert trainer.args.neftune_noise_alpha == 5
+    typo = run_config(["+trainer.neftun_noise_alpha=5", "+trainer.learning_rate=1"])
+    problems = trainer_problems(typo)
+    assert "Did you mean trainer.neftune_noise_alpha?" in problems[0]
+    assert "trainer.learning_rate is set by our config groups" in problems[1]
