@@ -31,16 +31,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from poetry_sft.compose import run_config
 
-    from poetry_sft.cli import register_recipes
-    from poetry_sft.config import register_configs, to_run_config
-    from poetry_sft.paths import CONF_DIR
-
-    register_configs()
-    register_recipes()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_run_config(compose("config", overrides=overrides))
+    return run_config(overrides)
 
 
 def _padded_fraction(lengths, group: int, rng=None) -> float:

@@ -179,19 +179,15 @@ def _baseline_job(job: Path) -> None:
     """The seed recipe, reproduced: what poetry_sft replaced, measured on the same data and steps."""
     import torch
     from datasets import Dataset
-    from hydra import compose, initialize_config_dir
     from trl import SFTTrainer
 
     from poetry_sft import artifacts
-    from poetry_sft.cli import register_recipes
-    from poetry_sft.config import Precision, register_configs, to_run_config
+    from poetry_sft.compose import run_config
+    from poetry_sft.config import Precision
     from poetry_sft.modeling import load_model, load_tokenizer, resolve_model_path
-    from poetry_sft.paths import CONF_DIR
     from poetry_sft.training import model_params, peak_memory, sft_config
 
     spec = json.loads((job / "spec.json").read_text())
-    register_configs()
-    register_recipes()
 
     overrides = spec["overrides"] + [f"train.max_steps={spec['steps']}", "train.precision=fp32"]
     overrides += [
@@ -200,8 +196,7 @@ def _baseline_job(job: Path) -> None:
         "train.save_steps=100000",
         "data.eval_size=64",
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = to_run_config(compose("config", overrides=overrides))
+    cfg = run_config(overrides)
     cfg.train.precision = Precision.fp32
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(path)

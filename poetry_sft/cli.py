@@ -9,26 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft.artifacts import find_resume_checkpoint
+from poetry_sft.compose import register_recipes
 from poetry_sft.config import register_configs, to_run_config
 from poetry_sft.errors import ConfigError, PoetrySFTError
-from poetry_sft.paths import CONF_DIR, RECIPES_DIR
+from poetry_sft.paths import CONF_DIR
 from poetry_sft.plan import check_budget
 
 log = logging.getLogger("poetry_sft")
-
-
-def register_recipes() -> None:
-    """recipes/NAME.yaml becomes the option `recipe=NAME`, applied on top of the defaults."""
-    store = ConfigStore.instance()
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
 class PreflightCallback(Callback):

@@ -246,6 +246,12 @@ class RunConfig:
         return self.method.optimizer or self.hardware.optimizer
 
 
+def resolve_batching(cfg: RunConfig) -> Batching:
+    if cfg.data.batching is not Batching.auto:
+        return cfg.data.batching
+    return Batching.padding_free if cfg.model.attn_implementation in PACKED_ATTENTION else Batching.padded
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
 

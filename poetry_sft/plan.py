@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from poetry_sft.config import Batching, Precision, RunConfig
+from poetry_sft.config import Batching, Precision, RunConfig, resolve_batching
 from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.memory import GIB, Architecture, MemoryPlan, TrainingShape, over_budget_message, plan_memory
 
@@ -34,7 +34,6 @@ def architecture(cfg: RunConfig) -> Architecture | None:
 def training_shape(cfg: RunConfig) -> TrainingShape:
     """What the GPU run will hold. On a CPU-only machine the plan assumes a bf16-capable GPU."""
     from poetry_sft.modeling import resolve_precision
-    from poetry_sft.training import resolve_batching
 
     precision = resolve_precision(cfg.train.precision)
     if precision is Precision.fp32 and cfg.train.precision is Precision.auto:
@@ -84,18 +83,11 @@ def check_budget(cfg: RunConfig) -> MemoryPlan | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hydra import compose, initialize_config_dir
-
-    from poetry_sft.cli import register_recipes
-    from poetry_sft.config import register_configs, to_run_config
-    from poetry_sft.paths import CONF_DIR
+    from poetry_sft.compose import run_config
 
     overrides = sys.argv[1:] if argv is None else argv
-    register_configs()
-    register_recipes()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = to_run_config(compose("config", overrides=overrides))
+        cfg = run_config(overrides)
         planned = plan_run(cfg)
     except PoetrySFTError as err:
         sys.exit(f"poetry_sft: error: {err}")

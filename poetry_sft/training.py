@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poetry_sft import artifacts
-from poetry_sft.config import PACKED_ATTENTION, Batching, HardwareConfig, Precision, RunConfig
+from poetry_sft.config import Batching, HardwareConfig, Precision, RunConfig, resolve_batching
 from poetry_sft.data import prepare_poems
 from poetry_sft.modeling import (
     load_model,
@@ -103,12 +103,6 @@ def trainer_problems(cfg: RunConfig) -> list[str]:
                 "pip install liger-kernel, or drop the option"
             )
     return problems
-
-
-def resolve_batching(cfg: RunConfig) -> Batching:
-    if cfg.data.batching is not Batching.auto:
-        return cfg.data.batching
-    return Batching.padding_free if cfg.model.attn_implementation in PACKED_ATTENTION else Batching.padded
 
 
 def _batching_args(cfg: RunConfig) -> dict[str, Any]:

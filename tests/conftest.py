@@ -10,31 +10,14 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
-from poetry_sft.cli import register_recipes  # noqa: E402
-from poetry_sft.config import RunConfig, register_configs, to_run_config  # noqa: E402
-from poetry_sft.paths import CONF_DIR  # noqa: E402
+from poetry_sft.compose import compose_config, run_config  # noqa: E402, F401 (the tests' helpers)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Random-init models are built once per test session, outside the user's cache."""
     os.environ["POETRY_SFT_CACHE"] = str(tmp_path_factory.mktemp("poetry_sft_cache"))
-
-
-def compose_config(overrides: list[str]):
-    """The DictConfig `python -m poetry_sft <overrides>` would get."""
-    register_configs()
-    register_recipes()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=False)
-
-
-def run_config(overrides: list[str]) -> RunConfig:
-    return to_run_config(compose_config(overrides))
 
 
 # A handful of real quatrains, few enough for a tiny model to memorise.

@@ -157,18 +157,9 @@ def test_a_finished_job_is_skipped_without_starting_a_process(
 
 
 def _compose_with_hydra(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from poetry_sft.compose import compose_config
 
-    from poetry_sft.cli import register_recipes
-    from poetry_sft.config import register_configs
-    from poetry_sft.paths import CONF_DIR
-
-    register_configs()
-    register_recipes()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=True)
+    return compose_config(overrides, with_hydra=True)
 
 
 def test_optuna_sweeper_config_composes():
