@@ -236,30 +236,27 @@ def open_run(root: Path, name: str) -> tuple[Path, RunConfig]:
 
 
 class ModelCache:
-    """Models by key, the least recently used dropped beyond `capacity` (its memory freed)."""
+    """Values by key, the least recently used dropped (and its memory freed) beyond `capacity`."""
 
     def __init__(self, capacity: int = 1) -> None:
         self.capacity = max(1, capacity)
-        self._models: OrderedDict[Any, Any] = OrderedDict()
+        self._values: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.RLock()
-        self.loads = 0  # how many times a loader ran (tests: a model is loaded once)
 
-    def get(self, key: Any, loader: Callable[[], Any]) -> Any:
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
         with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            while len(self._models) >= self.capacity:  # free before loading: two big models never coexist
-                self._models.popitem(last=False)
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+            while len(self._values) >= self.capacity:  # free before loading: two big runs never coexist
+                self._values.popitem(last=False)
                 gc.collect()
-            value = loader()
-            self.loads += 1
-            self._models[key] = value
+            self._values[key] = value = make()
             return value
 
     def keys(self) -> list[Any]:
         with self._lock:
-            return list(self._models)
+            return list(self._values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,6 +545,7 @@ class Studio:
     def __init__(self, runs_root: Path, cache_size: int = 1) -> None:
         self.root = Path(runs_root)
         self.models = ModelCache(cache_size)
+        self.loads = 0  # models loaded so far (each run's fine-tuned and base model once)
         # One generation at a time: generate_poems seeds torch's RNG (forked, but process-wide), and a
         # small CPU gains nothing from two at once. Concurrent requests queue here, each gets its own.
         self._generate_lock = threading.Lock()
@@ -567,19 +565,23 @@ class Studio:
         raise StudioError(f"{name} is neither a poetry_sft run (no config.yaml) nor a sweep")
 
     def _model(self, run_dir: Path, base: bool) -> tuple[Any, Any]:
+        """The run's fine-tuned (or base) model and tokenizer, loaded once. The cache holds runs: each
+        keeps the models it has loaded (fine-tuned, base), and switching runs frees the old run's."""
         from poetry_sft.generate import load_run
 
-        stamp = (run_dir / artifacts.METRICS_FILE).stat().st_mtime_ns  # a re-trained run is reloaded
-        key = (str(run_dir), base, stamp)
-
-        def load() -> tuple[Any, Any]:
+        try:
+            stamp = (run_dir / artifacts.METRICS_FILE).stat().st_mtime_ns  # a re-trained run is reloaded
+        except FileNotFoundError as err:
+            raise StudioError(f"{run_dir.name} was deleted or moved while open: press 刷新 Refresh") from err
+        loaded: dict[bool, tuple[Any, Any]] = self.models.get((str(run_dir), stamp), dict)
+        if base not in loaded:
             try:
                 model, tokenizer, _ = load_run(run_dir, base=base)
             except PoetrySFTError as err:
                 raise StudioError(str(err)) from err
-            return model, tokenizer
-
-        return self.models.get(key, load)
+            loaded[base] = (model, tokenizer)
+            self.loads += 1
+        return loaded[base]
 
     def _write_one(
         self, run_dir: Path, cfg: RunConfig, base: bool, subject: str, sampling: SamplingConfig
@@ -587,8 +589,8 @@ class Studio:
         from poetry_sft.generate import generate_poems
 
         with self._generate_lock:
-            model, tokenizer = self._model(run_dir, base)
             try:
+                model, tokenizer = self._model(run_dir, base)
                 return generate_poems(model, tokenizer, [subject], cfg.data, sampling)[0]
             except (PoetrySFTError, ValueError) as err:
                 raise StudioError(str(err)) from err
@@ -628,7 +630,7 @@ class Studio:
                 progress.poems.append(
                     WrittenPoem(model, poem.title, poem.content, poem.form, poem.stopped_at_eos, analysis)
                 )
-                yield progress
+                yield dataclasses.replace(progress, poems=list(progress.poems))  # a snapshot per poem
 
     # -- 数据 Data --------------------------------------------------------------------------------
 
