@@ -89,8 +89,9 @@ def build(studio: Studio) -> gr.Blocks:
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, label="seed 随机种子")
                         n_poems = gr.Slider(1, MAX_POEMS, value=1, step=1, label="首数 Poems")
-                        compare = gr.Checkbox(label="与基座对比 Compare with the base", value=False)
-                write_button = gr.Button("写诗 Write", variant="primary", elem_id="write-button")
+                with gr.Row():
+                    compare = gr.Checkbox(label="与基座对比 Compare with the base", value=False, scale=1)
+                    write_button = gr.Button("写诗 Write", variant="primary", elem_id="write-button", scale=4)
                 write_message = gr.HTML(elem_id="write-message")
                 with gr.Row():
                     tuned_poems = gr.HTML(elem_id="poems-tuned")
@@ -124,11 +125,12 @@ def build(studio: Studio) -> gr.Blocks:
                     )
                     show_button = gr.Button("显示 Show", scale=1, elem_id="show-button")
                 runs_message = gr.HTML()
-                run_metrics = gr.Markdown(elem_id="run-metrics")
                 with gr.Row():
                     losses = gr.Plot(label="损失 Loss")
                     poetry = gr.Plot(label="诗歌指标 eval_poetry/*")
-                report = gr.Markdown(elem_id="run-report")
+                with gr.Row():
+                    run_metrics = gr.Markdown(elem_id="run-metrics")
+                    report = gr.Markdown(elem_id="run-report")
                 summary_png = gr.Image(label="搜索汇总 Sweep summary", visible=False, type="pil")
 
         # -- handlers ---------------------------------------------------------------------------

@@ -377,7 +377,8 @@ def analyse_poem(
 # HTML for a poem (the page shows it as is; tests read it)
 
 POEM_CSS = """
-.sf-poem { font-size: 1.6em; line-height: 2.4; margin: .4em 0; }
+.sf-poem { font-size: 1.4em; line-height: 2.3; margin: .4em 0; }
+.sf-line { white-space: nowrap; }
 .sf-poem ruby { margin: 0 .08em; padding: 0 .05em; border-radius: 4px; }
 .sf-poem rt { font-size: .45em; color: #666; }
 .sf-ping rt { color: #1f6feb; }
@@ -421,7 +422,8 @@ def poem_html(title: str, content: str, analysis: PoemAnalysis, heading: str = "
     lines = []
     for n, marks in enumerate(analysis.lines, 1):
         end = "，" if n % 2 else "。"
-        lines.append("".join(map(_char_html, marks)) + end + ("<br>" if n % 2 == 0 else ""))
+        line = f'<span class="sf-line">{"".join(map(_char_html, marks))}{end}</span>'
+        lines.append(line + ("<br>" if n % 2 == 0 else ""))
     form = analysis.form if analysis.form != metrics.OTHER_FORM else "非格律 not a regulated form"
     meta = [f"{form}" + (f" · {analysis.variant}" if analysis.variant else "")]
     if analysis.rhyme_group:
