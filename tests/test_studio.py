@@ -195,6 +195,8 @@ def test_poems_are_written_in_the_form_asked_for_with_the_model_loaded_once(demo
         assert poem.html.count("<ruby") == 28
     assert final.of("fine-tuned")[0].content != final.of("fine-tuned")[1].content  # seeds 0 and 1
     list(studio.write("demo", "登高", form="五言绝句"))
+    base = list(studio.write("demo", "登高", form="五言绝句", base_only=True))[-1].poems
+    assert [p.model for p in base] == ["base"]
     assert studio.loads == 2  # the fine-tuned model and the base, each once
 
 
@@ -255,3 +257,10 @@ def test_the_runs_view_has_loss_curves_and_poetry_scores(demo_runs: Path):
     steps = [h["step"] for h in overview.history if "eval_loss" in h]
     assert steps == [5, 10]
     assert overview.loss_plot is not None and overview.poetry_plot is not None
+
+
+def test_the_command_refuses_a_missing_runs_folder(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from poetry_sft.studio.__main__ import main
+
+    assert main(["--runs", str(tmp_path / "nope")]) == 2
+    assert "--runs" in capsys.readouterr().err

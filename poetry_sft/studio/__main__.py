@@ -30,7 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--share", action="store_true", help="also open a public gradio.live link (needs internet)"
     )
-    parser.add_argument("--cache-size", type=int, default=1, help="models kept loaded at once (default 1)")
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        default=1,
+        help="runs whose models (fine-tuned, base) stay loaded (default 1)",
+    )
     return parser
 
 
@@ -38,13 +43,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = _parser().parse_args(argv)
-    if importlib.util.find_spec("gradio") is None:
-        raise ConfigError("the studio needs Gradio: pip install -e '.[studio]'")
     if not args.runs.is_dir():
         raise ConfigError(
             f"--runs {args.runs}: no such folder. Fix: train a run first (python -m poetry_sft recipe=demo "
             "writes runs/...), or point --runs at the folder that holds your runs"
         )
+    if importlib.util.find_spec("gradio") is None:
+        raise ConfigError("the studio needs Gradio: pip install -e '.[studio]'")
     if args.host not in LOCAL_HOSTS:
         print(
             f"warning: --host {args.host} serves the studio to other machines, with no login: anyone who can "

@@ -26,6 +26,8 @@ from poetry_sft.studio.logic import (  # noqa: E402
 )
 
 TITLE = "诗坊 Poem studio"
+# Which model writes: the run's, its base (the model it started from), or both side by side.
+MODEL_CHOICES = {"微调 fine-tuned": "fine-tuned", "基座 base": "base", "对比 both": "both"}
 # System fonts only: Gradio's default theme would fetch its fonts from Google Fonts.
 THEME = gr.themes.Default(
     font=["system-ui", "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", "sans-serif"],
@@ -90,7 +92,13 @@ def build(studio: Studio) -> gr.Blocks:
                         seed = gr.Number(value=0, precision=0, label="seed 随机种子")
                         n_poems = gr.Slider(1, MAX_POEMS, value=1, step=1, label="首数 Poems")
                 with gr.Row():
-                    compare = gr.Checkbox(label="与基座对比 Compare with the base", value=False, scale=1)
+                    which = gr.Radio(
+                        list(MODEL_CHOICES),
+                        value="微调 fine-tuned",
+                        label="模型 Model",
+                        scale=2,
+                        elem_id="which",
+                    )
                     write_button = gr.Button("写诗 Write", variant="primary", elem_id="write-button", scale=4)
                 write_message = gr.HTML(elem_id="write-message")
                 with gr.Row():
@@ -168,7 +176,7 @@ def build(studio: Studio) -> gr.Blocks:
             budget: float,
             seed_value: float | None,
             count: float,
-            with_base: bool,
+            model_choice: str,
         ) -> Iterator[tuple[str, str, str]]:
             try:
                 progress = studio.write(
@@ -181,7 +189,8 @@ def build(studio: Studio) -> gr.Blocks:
                     max_new_tokens=int(budget),
                     seed=int(seed_value or 0),
                     n_poems=int(count),
-                    compare_base=with_base,
+                    compare_base=MODEL_CHOICES.get(model_choice) == "both",
+                    base_only=MODEL_CHOICES.get(model_choice) == "base",
                 )
                 yield "写诗中 writing…", "", ""
                 for state in progress:
@@ -236,7 +245,7 @@ def build(studio: Studio) -> gr.Blocks:
         refresh.click(on_refresh, outputs=[run, data_run, dir_choice])
         run.change(on_run, inputs=run, outputs=[run_info, subject])
         page.load(on_run, inputs=run, outputs=[run_info, subject])
-        write_inputs = [run, subject, form, rhyme, temperature, top_p, max_new_tokens, seed, n_poems, compare]
+        write_inputs = [run, subject, form, rhyme, temperature, top_p, max_new_tokens, seed, n_poems, which]
         write_outputs = [write_message, tuned_poems, base_poems]
         write_button.click(on_write, inputs=write_inputs, outputs=write_outputs)
         subject.submit(on_write, inputs=write_inputs, outputs=write_outputs)

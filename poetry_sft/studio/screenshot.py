@@ -84,7 +84,7 @@ def shoot(runs: Path, out: Path, title: str, form: str) -> None:
             page.locator("#subject textarea").fill(title)
             page.get_by_label(form).check()
             page.get_by_label("押韵 Rhyme (平水韵)").check()
-            page.get_by_label("与基座对比 Compare with the base").check()
+            page.get_by_label("对比 both").check()  # the fine-tuned model and its base, side by side
             page.locator("#write-button").click()
             page.locator("#poems-base ruby").first.wait_for()
             page.locator("#write-message").get_by_text("✓").wait_for()
