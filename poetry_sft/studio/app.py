@@ -28,7 +28,8 @@ from poetry_sft.studio.logic import (  # noqa: E402
 TITLE = "诗坊 Poem studio"
 # Which model writes: the run's, its base (the model it started from), or both side by side.
 MODEL_CHOICES = {"微调 fine-tuned": "fine-tuned", "基座 base": "base", "对比 both": "both"}
-# System fonts only: Gradio's default theme would fetch its fonts from Google Fonts.
+# System fonts only: they carry the CJK glyphs, and no theme font (a GoogleFont would be fetched from
+# fonts.googleapis.com) is loaded from anywhere; the browser test checks no request leaves the studio.
 THEME = gr.themes.Default(
     font=["system-ui", "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", "sans-serif"],
     font_mono=["ui-monospace", "Noto Sans Mono CJK SC", "monospace"],
