@@ -319,6 +319,48 @@ def check_tones(poem: str) -> ToneReport | None:
     return max(reports, key=lambda r: (r.compliant, -len(r.gu_ping_lines)))
 
 
+def required_tones(poem: str) -> list[list[str]] | None:
+    """Per line and character, the tone the poem's best-matching standard pattern (`check_tones`)
+    asks for: "平" or "仄" at the constrained positions, "" where the rules leave it free
+    (一三五不论). None if the poem is not a regulated form."""
+    report = check_tones(poem)
+    if report is None:
+        return None
+    required = []
+    for line, kind in zip(split_lines(poem), tone_patterns(report.form)[report.variant], strict=True):
+        positions = _constrained_positions(len(line))
+        pattern = max(
+            _line_patterns(kind, len(line)), key=lambda p: sum(p[i] in char_tones(line[i]) for i in positions)
+        )
+        required.append([pattern[i] if i in positions else "" for i in range(len(line))])
+    return required
+
+
+def sticking_and_opposition(poem: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(失粘 lines, 失对 lines) of a regulated poem, 1-based; both empty for other poems.
+
+    对: within a couplet the second line opposes the first at the even positions (二四六); 粘: the
+    first line of the next couplet takes the tones of the line before it there. As in `check_tones`,
+    a break is called only on characters that cannot be read in the other tone.
+    """
+    if classify_form(poem) == OTHER_FORM:
+        return (), ()
+    lines = split_lines(poem)
+    even_positions = range(1, len(lines[0]) - 1, 2)  # 2nd, 4th (, 6th): the last one carries the rhyme
+
+    def tone(char: str) -> str | None:
+        tones = char_tones(char)
+        return next(iter(tones)) if len(tones) == 1 else None
+
+    def clash(a: str, b: str, same: bool) -> bool:
+        pairs = [(tone(a[i]), tone(b[i])) for i in even_positions]
+        return any(x and y and (x == y) != same for x, y in pairs)
+
+    shi_dui = tuple(n for n in range(2, len(lines) + 1, 2) if clash(lines[n - 2], lines[n - 1], same=False))
+    shi_nian = tuple(n for n in range(3, len(lines) + 1, 2) if clash(lines[n - 2], lines[n - 1], same=True))
+    return shi_nian, shi_dui
+
+
 # ---------------------------------------------------------------------------------------------
 # Diversity and copying
 

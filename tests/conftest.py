@@ -58,3 +58,21 @@ def tiny_overrides(method: str, data_path: Path, steps: int = 3, hardware: str =
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: None) -> Path:
+    """A runs folder holding one short demo run (runs/demo): the README's demo recipe, 10 steps."""
+    from poetry_sft.training import train
+
+    runs = tmp_path_factory.mktemp("studio") / "runs"
+    overrides = ["recipe=demo", "train.max_steps=10", "train.eval_steps=5", "train.save_steps=5"]
+    overrides += ["train.logging_steps=2", "data.max_samples=400", "sample_titles=[]", "data.eval_size=16"]
+    overrides += ["hardware.per_device_train_batch_size=8"]
+    overrides += [
+        "generation.report=false",
+        "generation.num_eval_poems=2",
+        "generation.eval_max_new_tokens=40",
+    ]
+    train(run_config(overrides), runs / "demo")
+    return runs
