@@ -58,6 +58,11 @@ def load_tokenizer(name_or_path: str, revision: str | None = None) -> PreTrained
 
     with _explain_load_failure("tokenizer", name_or_path):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.padding is not None:
+        # A run's saved tokenizer.json can carry the left padding that batched generation switched on;
+        # data preparation encodes poems one by one and must see them unpadded.
+        backend.no_padding()
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # Padding with eos would mask every end-of-poem token out of the loss: the model never learns to stop.
         tokenizer.pad_token = "<|endoftext|>"

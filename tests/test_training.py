@@ -136,3 +136,17 @@ def test_trainer_pass_through_reaches_sft_config_and_typos_are_refused(poems_fil
     problems = trainer_problems(typo)
     assert "Did you mean trainer.neftune_noise_alpha?" in problems[0]
     assert "trainer.learning_rate is set by our config groups" in problems[1]
+
+
+def test_a_saved_tokenizer_with_batch_padding_loads_unpadded(poems_file: Path, tmp_path: Path):
+    from poetry_sft.modeling import load_tokenizer, resolve_model_path
+
+    cfg = run_config(tiny_overrides("lora", poems_file))
+    tokenizer = load_tokenizer(resolve_model_path(cfg.model))
+    tokenizer.padding_side = "left"
+    tokenizer.backend_tokenizer.enable_padding(direction="left", pad_id=tokenizer.pad_token_id)
+    tokenizer.save_pretrained(tmp_path)  # what a run's model/ held after generating samples
+    reloaded = load_tokenizer(str(tmp_path))
+    assert reloaded.backend_tokenizer.padding is None
+    short, long = reloaded(["静夜思", "床前明月光，疑是地上霜。"])["input_ids"]
+    assert len(short) < len(long)
