@@ -73,7 +73,13 @@ def main() -> None:
         runs = args.runs
         if runs is None:
             runs = Path(folder)
-            overrides = ["recipe=demo", "train.max_steps=10", "generation.report=false", "sample_titles=[]"]
+            overrides = [
+                "recipe=demo",
+                "train.max_steps=10",
+                "generation.report=false",
+                "generation.showcase=false",
+                "sample_titles=[]",
+            ]
             subprocess.run(
                 [sys.executable, "-m", "poetry_sft", *overrides, f"run_dir={runs / 'demo'}"],
                 check=True,

@@ -6,6 +6,7 @@
                    plus the tokenizer
   checkpoints/     Trainer checkpoints while training; an interrupted run resumes from the newest complete one
   data_report.json rows in, dropped by reason, rows out, token length percentiles
+  log_history.json the Trainer's logs by step (loss, eval_loss, eval_poetry/*, learning rate)
   metrics.json     written last: its presence marks a finished run
   error.json       a sweep job that failed: the error and the tail of its log (removed when it is retried)
   .hydra/          Hydra's composed config and overrides
@@ -32,6 +33,7 @@ from poetry_sft.errors import RunDirError
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 DATA_REPORT_FILE = "data_report.json"
+LOG_HISTORY_FILE = "log_history.json"  # Trainer's log history: losses, eval scores and rates by step
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 ERROR_FILE = "error.json"

@@ -222,6 +222,7 @@ class SamplingConfig:
     num_eval_poems: int = 4
     eval_max_new_tokens: int = 80  # keeps the callback cheap; a 七言绝句 is 31 characters
     report: bool = False  # after training, write eval_report.json/.md: fine-tuned vs base on eval_titles
+    showcase: bool = False  # with report: print base vs trained vs constrained poems, scores, loss curve
 
 
 @dataclass
@@ -353,6 +354,8 @@ def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]
         problems.append(f"{key}.repetition_penalty={gen.repetition_penalty} must be > 0 (1: none)")
     if gen.form is not None and gen.form not in FORMS:
         problems.append(f"{key}.form={gen.form!r} is not one of {', '.join(FORMS)} (or null: any form)")
+    if gen.showcase and not gen.report:
+        problems.append(f"{key}.showcase=true shows the eval report's poems: set {key}.report=true too")
     if gen.rhyme and gen.form is None:
         problems.append(f"{key}.rhyme=true needs {key}.form: rhyme is enforced within a regulated form")
     return problems

@@ -544,7 +544,10 @@ def _embedding_backward_bytes(arch: Architecture, shape: TrainingShape) -> float
     if shape.method != "full":
         return 0.0
     grad = arch.vocab_size * arch.hidden_size * DTYPE_BYTES[shape.weight_dtype]
-    return grad * (2 if arch.tie_word_embeddings else 1)
+    # fp32 master weights: the fused head's fp32 gradient is not cast to the weight's dtype, and one
+    # more (vocab, hidden) gradient is alive when the two are summed (seen in tests/memory_emulation.py).
+    copies = (2 if arch.tie_word_embeddings else 1) + (1 if shape.weight_dtype == "fp32" else 0)
+    return grad * copies
 
 
 def _loss_head_bytes(arch: Architecture, shape: TrainingShape) -> float:
@@ -654,6 +657,9 @@ def _single_changes(shape: TrainingShape) -> list[TrainingShape]:
         changes.append(replace(shape, chunked_loss=True))
     if shape.optimizer in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit"):
         changes.append(replace(shape, optimizer="adamw_8bit"))
+    if shape.method == "full" and shape.optimizer not in ("adafactor", "sgd"):
+        # Factored second moment, no first moment: ~0 states where 8-bit AdamW keeps ~2 bytes/param.
+        changes.append(replace(shape, optimizer="adafactor"))
     return changes
 
 

@@ -231,11 +231,16 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         metrics["samples"] = sample_finished_run(run_dir, cfg.sample_titles)
     # The eval callback's final scores (generation.eval_titles), beside eval_loss for sweeps to choose by.
     metrics.update({key: value for key, value in eval_metrics.items() if key.startswith("eval_poetry/")})
+    artifacts.write_json(run_dir / artifacts.LOG_HISTORY_FILE, trainer.state.log_history)
     artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
     if cfg.generation.report:  # after metrics.json: a failing report never costs the finished run
         from poetry_sft.report import write_report
 
         write_report(run_dir)
+    if cfg.generation.showcase:
+        from poetry_sft.showcase import showcase
+
+        print("\n" + showcase(run_dir), flush=True)
     return metrics
 
 

@@ -71,6 +71,7 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: None) -
     overrides += ["hardware.per_device_train_batch_size=8"]
     overrides += [
         "generation.report=false",
+        "generation.showcase=false",
         "generation.num_eval_poems=2",
         "generation.eval_max_new_tokens=40",
     ]

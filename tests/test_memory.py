@@ -449,7 +449,8 @@ def assert_plan_matches_emulation(arch: Architecture, run: TrainingShape, rel: f
 PROFILES = [
     shape("qlora"),  # 4gb
     shape("lora", micro_batch_size=8, gradient_checkpointing=False),  # 8gb
-    shape("full", optimizer="adamw_8bit", micro_batch_size=8),  # full_8gb
+    # full_8gb: fp32 master weights under bf16 autocast, Adafactor
+    shape("full", weight_dtype="fp32", compute_dtype="bf16", optimizer="adafactor", micro_batch_size=8),
 ]
 
 

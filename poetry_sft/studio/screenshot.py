@@ -31,7 +31,13 @@ def _free_port() -> int:
 
 
 def _demo_run(folder: Path) -> None:
-    overrides = ["recipe=demo", "generation.report=false", "sample_titles=[]", f"run_dir={folder / 'demo'}"]
+    overrides = [
+        "recipe=demo",
+        "generation.report=false",
+        "generation.showcase=false",
+        "sample_titles=[]",
+        f"run_dir={folder / 'demo'}",
+    ]
     subprocess.run([sys.executable, "-m", "poetry_sft", *overrides], check=True)
 
 
