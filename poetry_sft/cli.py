@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from poetry_sft.artifacts import find_resume_checkpoint
 from poetry_sft.compose import register_recipes
 from poetry_sft.config import register_configs, to_run_config
+from poetry_sft.doctor import check_environment
 from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.paths import CONF_DIR
 from poetry_sft.plan import check_budget
@@ -39,6 +40,7 @@ class PreflightCallback(Callback):
                     raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
             find_resume_checkpoint(Path(config.hydra.run.dir), run_cfg)
             check_budget(run_cfg)  # memory plan vs the profile's card, before any weights load
+            check_environment(run_cfg)  # bitsandbytes that cannot load; a GPU profile on CPU-only torch
         except PoetrySFTError as err:
             _exit_with(err)
 
