@@ -10,7 +10,7 @@ ARGS ?=
 help: ## show this list
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
 
-install: ## install torch first (pinned: an unpinned torch may pull GBs of CUDA wheels), then the package + test extras
+install: ## torch==2.13.0 first (Linux: PyPI's CUDA build; Windows: CPU-only, see README Install), then the package + test extras
 	$(PY) -m pip install $(TORCH)
 	$(PY) -m pip install -e '.[test]'
 
