@@ -75,6 +75,7 @@ def _check_two_process_run(run_dir: Path, steps: int) -> None:
     assert (run_dir / "poetry_sft_rank1.log").is_file(), "rank 1 logs to its own file"
     assert sorted(p.name for p in run_dir.iterdir() if p.suffix == ".json") == [
         "data_report.json",
+        "log_history.json",
         "metrics.json",
     ]
 
