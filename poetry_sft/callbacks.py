@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from poetry_sft.config import RunConfig
 from poetry_sft.generate import generate_poems
-from poetry_sft.metrics import score_poems
+from poetry_sft.poetry import score_poems
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments

@@ -165,7 +165,7 @@ class DataConfig:
     max_samples: int | None = None  # keep N poems (after cleaning and shuffling with split_seed)
     eval_size: float = 0.01  # < 1: fraction of rows held out for eval; >= 1: a fixed number of rows
     split_seed: int = 0  # shuffles before the split; apart from train.seed so the eval set stays put
-    # Selection (empty = all). Forms are shapes derived from the lines (see data.FORM_NAMES).
+    # Selection (empty = all). Forms are shapes derived from the lines (see poetry.CORPUS_FORMS).
     dynasties: list[str] = field(default_factory=list)
     authors: list[str] = field(default_factory=list)
     forms: list[str] = field(default_factory=list)
@@ -177,7 +177,7 @@ class DataConfig:
     # Prompt: rendered with the tokenizer's chat template (Qwen3: thinking disabled)
     prompt_style: PromptStyle = PromptStyle.title
     system_prompt: str = ""  # "" = no system message
-    prompt_template: str | None = None  # user message; None = the style's default (data.PROMPT_TEMPLATES)
+    prompt_template: str | None = None  # user message; None = the style's default (prompts.PROMPT_TEMPLATES)
     batching: Batching = Batching.auto
 
 
@@ -211,7 +211,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.1  # > 1 discourages the loops small models fall into
     batch_size: int = 8  # prompts per generate() call
     seed: int = 0
-    # The form wanted (one of poetry_sft.metrics.FORMS). The generate command enforces it with
+    # The form wanted (one of poetry_sft.poetry.FORMS). The generate command enforces it with
     # constrained decoding; the eval callback and the report only score against it (format_accuracy),
     # since they measure what the model writes on its own.
     form: str | None = None
@@ -338,7 +338,7 @@ def _method_problems(cfg: RunConfig) -> list[str]:
 
 def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]:
     """What is wrong with sampling settings (shared by the config and the generate command's flags)."""
-    from poetry_sft.metrics import FORMS  # numpy and friends: only once a config is checked
+    from poetry_sft.poetry import FORMS  # numpy and friends: only once a config is checked
 
     problems = []
     for name in ("max_new_tokens", "batch_size", "num_eval_poems", "eval_max_new_tokens"):
@@ -364,7 +364,7 @@ def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]
 def _generation_prompt_problems(cfg: RunConfig, fields: set[str]) -> list[str]:
     """A run that writes poems (generation.eval_titles, sample_titles, generation.report) must be able to
     build its prompts from a title alone (plus generation.form): found before training, not after."""
-    from poetry_sft.data import PROMPT_SUBJECT
+    from poetry_sft.prompts import PROMPT_SUBJECT
 
     if not (cfg.generation.eval_titles or cfg.sample_titles or cfg.generation.report):
         return []
@@ -389,7 +389,8 @@ def _generation_prompt_problems(cfg: RunConfig, fields: set[str]) -> list[str]:
 
 
 def _data_problems(cfg: RunConfig) -> list[str]:
-    from poetry_sft.data import FORM_NAMES, prompt_fields, prompt_template
+    from poetry_sft.poetry import CORPUS_FORMS
+    from poetry_sft.prompts import prompt_fields, prompt_template
 
     data, problems = cfg.data, []
     if not 0 <= data.min_chinese_fraction <= 1:
@@ -398,8 +399,8 @@ def _data_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"data.max_chars={data.max_chars} must be at least data.min_chars={data.min_chars}")
     if data.max_keywords < 1:
         problems.append(f"data.max_keywords={data.max_keywords} must be at least 1")
-    if unknown := [f for f in data.forms if f not in FORM_NAMES]:
-        problems.append(f"data.forms: unknown {unknown}; choose from {', '.join(FORM_NAMES)}")
+    if unknown := [f for f in data.forms if f not in CORPUS_FORMS]:
+        problems.append(f"data.forms: unknown {unknown}; choose from {', '.join(CORPUS_FORMS)}")
     try:
         fields = prompt_fields(prompt_template(data))
     except ValueError as err:

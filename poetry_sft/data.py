@@ -18,15 +18,12 @@ columns are built whole in numpy/Arrow, never row by row: ~24 s in all (bench/be
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import re
-import string
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +31,18 @@ from typing import TYPE_CHECKING, Any
 from poetry_sft.artifacts import staged_directory
 from poetry_sft.config import DataConfig, PromptStyle
 from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError
-from poetry_sft.metrics import OTHER_FORM, classify_form, line_lengths, split_lines
 from poetry_sft.paths import IMAGERY_WORDS, SAMPLE_POEMS, cache_dir
+from poetry_sft.poetry import HAN_CLASS, corpus_form, split_first_line
+from poetry_sft.prompts import (
+    CHAT_TEMPLATE_KWARGS,
+    chat_prompt,
+    keywords_text,
+    make_formatting_func,
+    poem_keywords,
+    prompt_fields,
+    prompt_template,
+    user_and_completion,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,177 +57,9 @@ _PIPELINE_VERSION = "2"  # bump when the output of prepare_poems changes for the
 # poems tokenised per call: bounds the tokenizer's per-token bookkeeping (offsets, token strings)
 _ENCODE_CHUNK = 20_000
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-
-# ---------------------------------------------------------------------------------------------
-# Forms: shapes derived from the lines, for selection and the form_theme prompt
-
-# The four regulated forms (metrics.classify_form), then the shapes the rest of a corpus takes.
-FORM_NAMES = ("五言绝句", "七言绝句", "五言律诗", "七言律诗", "五言诗", "七言诗", "长短句", "杂体诗")
-
-
-def poem_form(content: str) -> str:
-    """One of FORM_NAMES: a regulated form by shape, else 五言诗/七言诗 (equal lines), 长短句 (lines of
-    unequal length: 词 and 杂言), 杂体诗 (anything else)."""
-    form = classify_form(content)
-    if form != OTHER_FORM:
-        return form
-    lengths = set(line_lengths(content))
-    if len(lengths) > 1:
-        return "长短句"
-    return {5: "五言诗", 7: "七言诗"}.get(next(iter(lengths), 0), "杂体诗")
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompts
-
-PROMPT_TEMPLATES: dict[PromptStyle, str] = {
-    PromptStyle.title: "以《{title}》为题，写一首古诗。",
-    PromptStyle.first_line: "续写这首古诗，首句是：{first_line}",
-    PromptStyle.form_theme: "以「{title}」为主题，写一首{form}。",
-    PromptStyle.keywords: "以「{keywords}」为意象，写一首古诗。",
-}
-PROMPT_FIELDS = ("title", "author", "dynasty", "form", "first_line", "keywords")
-# What a generation request gives for each style (the rest of the prompt is filled in by name).
-PROMPT_SUBJECT = {
-    PromptStyle.title: "title",
-    PromptStyle.first_line: "first_line",
-    PromptStyle.form_theme: "title",
-    PromptStyle.keywords: "keywords",
-}
-KEYWORD_SEPARATOR = "、"
 # data.keywords_column while loaded: a str or list column (datasets may type it JSON); cleaning writes
 # the text that prompts use into "keywords".
 _GIVEN_KEYWORDS = "given_keywords"
-# The Qwen3 chat template renders an empty <think></think> block before the answer when thinking is
-# off; it belongs to the prompt (masked), so the model never learns to write <think> itself.
-CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
-
-
-def prompt_template(cfg: DataConfig) -> str:
-    return cfg.prompt_template if cfg.prompt_template is not None else PROMPT_TEMPLATES[cfg.prompt_style]
-
-
-def prompt_fields(template: str) -> set[str]:
-    """The {fields} a user-message template uses; ValueError for unknown ones or broken braces."""
-    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    if unknown := fields - set(PROMPT_FIELDS):
-        raise ValueError(
-            f"unknown field(s) {sorted(unknown)}; use {', '.join('{' + f + '}' for f in PROMPT_FIELDS)}"
-        )
-    return fields
-
-
-_FIRST_LINE = re.compile(r"^(.+?[，。？！；,.?!;])\s*(.+)$", re.DOTALL)
-
-
-def split_first_line(content: str) -> tuple[str, str] | None:
-    """(first line with its punctuation, the rest), or None for a poem of one line."""
-    match = _FIRST_LINE.match(content)
-    return (match[1], match[2]) if match and split_lines(match[2]) else None
-
-
-@functools.cache
-def _imagery_pattern() -> re.Pattern:
-    words = {
-        word
-        for line in IMAGERY_WORDS.read_text(encoding="utf-8").splitlines()
-        for word in line.split("#")[0].split()
-    }
-    # Longest first: at one position the regex takes the first alternative that matches (明月, not 月).
-    return re.compile("|".join(map(re.escape, sorted(words, key=len, reverse=True))))
-
-
-def poem_keywords(content: str, limit: int = 3) -> str:
-    """The imagery words (resources/imagery.txt) a poem uses, in order of first use, joined by 、.
-    "" when it uses none."""
-    found: list[str] = []
-    for match in _imagery_pattern().finditer(content):
-        if match[0] not in found:
-            found.append(match[0])
-            if len(found) == limit:
-                break
-    return KEYWORD_SEPARATOR.join(found)
-
-
-def _keywords_text(value: Any) -> str:
-    """A keywords cell: a string, or a list of strings (joined by 、)."""
-    if isinstance(value, (list, tuple)):
-        return KEYWORD_SEPARATOR.join(v.strip() for v in value if isinstance(v, str) and v.strip())
-    return _text(value)
-
-
-def _user_and_completion(
-    template: str, style: PromptStyle, row: dict[str, Any], max_keywords: int = 3
-) -> tuple[str, str]:
-    content = row["content"]
-    fields = {
-        "title": row.get("title", ""),
-        "author": row.get("author", ""),
-        "dynasty": row.get("dynasty", ""),
-    }
-    if "{form}" in template:
-        fields["form"] = row.get("form") or poem_form(content)
-    if "{keywords}" in template:
-        fields["keywords"] = _keywords_text(row.get("keywords")) or poem_keywords(content, max_keywords)
-    if style is PromptStyle.first_line:
-        parts = split_first_line(content)
-        if parts is None:
-            raise ValueError(f"a one-line poem cannot be continued: {content!r}")
-        fields["first_line"], content = parts
-    return template.format(**fields), content
-
-
-def _messages(system_prompt: str, user: str) -> list[dict[str, str]]:
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [*system, {"role": "user", "content": user}]
-
-
-def make_formatting_func(cfg: DataConfig) -> Callable[[dict], dict]:
-    """A poem row -> TRL's conversational prompt-completion example: the question and the poem."""
-    template = prompt_template(cfg)
-
-    def formatting_func(row: dict) -> dict:
-        user, completion = _user_and_completion(template, cfg.prompt_style, row, cfg.max_keywords)
-        return {
-            "prompt": _messages(cfg.system_prompt, user),
-            "completion": [{"role": "assistant", "content": completion}],
-            "chat_template_kwargs": CHAT_TEMPLATE_KWARGS,
-        }
-
-    return formatting_func
-
-
-def chat_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str, user: str) -> str:
-    """The rendered chat up to where the assistant's answer starts (thinking disabled)."""
-    if not tokenizer.chat_template:
-        raise ConfigError(
-            f"the tokenizer of '{tokenizer.name_or_path}' has no chat template; poetry_sft renders prompts "
-            "with it. Fix: use a chat model's tokenizer (e.g. Qwen/Qwen3-0.6B) or set tokenizer.chat_template"
-        )
-    return tokenizer.apply_chat_template(
-        _messages(system_prompt, user), tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
-    )
-
-
-def generation_prompt(
-    tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, subject: str, form: str | None = None, **fields: str
-) -> str:
-    """The text a model sees before writing a poem: exactly the training prompt.
-
-    `subject` is what the style asks for (PROMPT_SUBJECT): the title (title, form_theme), the first line
-    (first_line) or the keywords (keywords, e.g. "明月、孤舟"). form_theme also needs `form`; custom
-    templates take their other fields as keywords: author=..., dynasty=...
-    """
-    template = prompt_template(cfg)
-    values = {PROMPT_SUBJECT[cfg.prompt_style]: subject, **({"form": form} if form else {}), **fields}
-    if missing := sorted(prompt_fields(template) - set(values)):
-        how = {"form": "--form / generation.form"}
-        raise ConfigError(
-            f"data.prompt_style={cfg.prompt_style} prompts need {', '.join(missing)} besides the "
-            f"{PROMPT_SUBJECT[cfg.prompt_style]}: give {', '.join(how.get(m, f'{m}=...') for m in missing)}"
-        )
-    return chat_prompt(tokenizer, cfg.system_prompt, template.format(**values))
-
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -297,14 +136,13 @@ def _select_columns(dataset: Dataset, cfg: DataConfig) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 # Cleaning: every row gets a reason ("" = keep); the report counts them
 
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-_HAN_CHAR = re.compile(f"[{_HAN}]")
+_HAN_CHAR = re.compile(f"[{HAN_CLASS}]")
 # Placeholders for lost characters (□), the replacement character of broken decoding, private-use
 # code points (old corpora's stand-ins for rare characters): the text at that spot is unknown.
 _PLACEHOLDER = re.compile("[□■\ufffd\ue000-\uf8ff]")
 # Letters that are neither Chinese nor punctuation/space: mojibake (é¹), Latin text, digits.
 _FOREIGN = re.compile(
-    rf"[^{_HAN}\s\u2000-\u206f\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+    rf"[^{HAN_CLASS}\s\u2000-\u206f\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
     r"!-/:-@\[-`{-~·]"
 )
 
@@ -350,7 +188,7 @@ def _special_tokens_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | 
 def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
     reasons, contents, forms, keywords = [], [], [], []
     special = settings["special_tokens"]
-    given_keywords = [_keywords_text(v) for v in batch.get(_GIVEN_KEYWORDS, [])] or None
+    given_keywords = [keywords_text(v) for v in batch.get(_GIVEN_KEYWORDS, [])] or None
     extra = {key: [_text(v) for v in batch[key]] for key in ("title", "author", "dynasty") if key in batch}
     for i, raw in enumerate(batch["content"]):
         content = _normalise(raw) if isinstance(raw, str) else ""
@@ -384,7 +222,7 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
                     )
                     reason = "" if keyword else "no_keywords"
                 if not reason and settings["need_form"]:
-                    form = poem_form(content)
+                    form = corpus_form(content)
                 if not reason and settings["selection"]:
                     values = {"form": form, **{key: column[i] for key, column in extra.items()}}
                     if any(values[key] not in chosen for key, chosen in settings["selection"].items()):
@@ -419,7 +257,7 @@ def _examples(table: pa.Table, template: str, style: PromptStyle) -> tuple[list[
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     names = list(columns)
     pairs = [
-        _user_and_completion(template, style, dict(zip(names, values, strict=True)))
+        user_and_completion(template, style, dict(zip(names, values, strict=True)))
         for values in zip(*columns.values(), strict=True)
     ]
     return [user for user, _ in pairs], [completion for _, completion in pairs]

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING
 
 from poetry_sft import artifacts
 from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig, sampling_problems
-from poetry_sft.data import generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError, command
-from poetry_sft.metrics import FORMS
 from poetry_sft.modeling import load_tokenizer, resolve_model_path, resolve_precision
+from poetry_sft.poetry import FORMS
+from poetry_sft.prompts import generation_prompt
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-    from poetry_sft.constrained import FormConstrainedLogitsProcessor
+    from poetry_sft.poetry.constrained import FormConstrainedLogitsProcessor
 
 # Qwen3's reasoning tags. A poem never needs them, so generation may not emit them at all: together with
 # the chat template's empty think block (thinking disabled) no <think> block can appear in a poem.
@@ -150,7 +150,7 @@ def generation_config(
 def form_processor(
     tokenizer: PreTrainedTokenizerBase, sampling: SamplingConfig, max_new_tokens: int
 ) -> FormConstrainedLogitsProcessor:
-    from poetry_sft.constrained import FormConstrainedLogitsProcessor
+    from poetry_sft.poetry.constrained import FormConstrainedLogitsProcessor
 
     assert sampling.form is not None
     processor = FormConstrainedLogitsProcessor(

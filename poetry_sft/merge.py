@@ -42,8 +42,8 @@ def compare_models(trained: Any, merged: Any, tokenizer: Any, cfg: RunConfig) ->
 
     import torch
 
-    from poetry_sft.data import generation_prompt
     from poetry_sft.generate import generate_poems
+    from poetry_sft.prompts import generation_prompt
 
     greedy = dataclasses.replace(cfg.generation, do_sample=False, form=None, rhyme=False)
     titles = list(CHECK_TITLES)

@@ -23,8 +23,8 @@ from typing import Any
 from poetry_sft import artifacts
 from poetry_sft.errors import ConfigError, RunDirError, command
 from poetry_sft.generate import Poem, generate_poems, load_model_dir, load_run, read_titles
-from poetry_sft.metrics import score_poems
 from poetry_sft.modeling import resolve_model_path
+from poetry_sft.poetry import score_poems
 
 REPORT_JSON = "eval_report.json"
 REPORT_MD = "eval_report.md"
@@ -111,7 +111,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"each on the same {len(report['titles'])} titles, {decoding}, repetition penalty "
         f"{sampling['repetition_penalty']}, at most {sampling['max_new_tokens']} new tokens, unconstrained. "
         f"Requested form: {sampling['form'] or 'none (format_accuracy not measured)'}. "
-        "Metrics: `poetry_sft.metrics.score_poems`; every poem is in eval_report.json.",
+        "Metrics: `poetry_sft.poetry.score_poems`; every poem is in eval_report.json.",
         "",
         "| metric | base | fine-tuned |",
         "|---|---|---|",

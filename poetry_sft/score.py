@@ -4,7 +4,7 @@
 
 Input is JSON Lines, one object per poem with a `content` field and optionally `form` (the form
 that was asked for), `title` and `stopped_at_eos` (whether generation ended on the end token), or
-plain text with poems separated by blank lines. Prints the metrics of `poetry_sft.metrics.score_poems`
+plain text with poems separated by blank lines. Prints the metrics of `poetry_sft.poetry.score_poems`
 as JSON.
 """
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from poetry_sft import metrics
+from poetry_sft import poetry
 from poetry_sft.errors import PoetrySFTError, command
 
 
@@ -71,10 +71,8 @@ def _requested_forms(records: list[dict[str, Any]], form: str | None) -> list[st
         return [form] * len(records)
     requested = [record.get("form") or None for record in records]
     for number, want in enumerate(requested, 1):
-        if want is not None and want not in metrics.FORMS:
-            raise InputError(
-                f"poem {number}: unknown form {want!r}; choose one of {', '.join(metrics.FORMS)}"
-            )
+        if want is not None and want not in poetry.FORMS:
+            raise InputError(f"poem {number}: unknown form {want!r}; choose one of {', '.join(poetry.FORMS)}")
     return requested
 
 
@@ -94,8 +92,8 @@ def score_file(path: Path, form: str | None = None, reference: Path | None = Non
     records = read_records(path)
     if not records:
         raise InputError(f"no poems in {path}")
-    index = metrics.CopyIndex(read_poems(reference)) if reference else None
-    return metrics.score_poems(
+    index = poetry.CopyIndex(read_poems(reference)) if reference else None
+    return poetry.score_poems(
         [record["content"] for record in records],
         _requested_forms(records, form),
         stopped_at_eos=_stopped_at_eos(records),
@@ -110,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "poems", type=Path, help=".jsonl with a 'content' field, or .txt separated by blank lines"
     )
-    parser.add_argument("--form", choices=metrics.FORMS, help="the form every poem was asked for")
+    parser.add_argument("--form", choices=poetry.FORMS, help="the form every poem was asked for")
     parser.add_argument(
         "--reference", type=Path, help="training poems (.parquet, .jsonl or .txt) for copy rates"
     )

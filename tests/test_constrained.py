@@ -22,8 +22,8 @@ from transformers import (  # noqa: E402
     Qwen3ForCausalLM,
 )
 
-from poetry_sft import metrics  # noqa: E402
-from poetry_sft.constrained import FormConstrainedLogitsProcessor  # noqa: E402
+from poetry_sft import poetry  # noqa: E402
+from poetry_sft.poetry.constrained import FormConstrainedLogitsProcessor  # noqa: E402
 
 POEMS = [  # character source for the vocabulary; 尤 rhymes (流 楼 悠 洲 愁 舟 ...) are among them
     "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
@@ -41,7 +41,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """A WordLevel vocabulary: ~400 single characters, some multi-character tokens and some junk."""
-    chars = sorted({char for poem in POEMS for char in poem if metrics.is_han(char)})
+    chars = sorted({char for poem in POEMS for char in poem if poetry.is_han(char)})
     chars += [chr(code) for code in range(0x4E00, 0x4F00) if chr(code) not in chars]
     tokens = [*SPECIAL_TOKENS, "，", "。", "\n", *chars, *MULTI_CHAR_TOKENS, *NON_VERSE_TOKENS]
     model = models.WordLevel({token: i for i, token in enumerate(tokens)}, unk_token="<|endoftext|>")
@@ -112,7 +112,7 @@ def generate(
 
 
 def layout_pattern(form: str) -> re.Pattern[str]:
-    chars_per_line, n_lines = metrics.FORM_SHAPES[form]
+    chars_per_line, n_lines = poetry.FORM_TABLE[form].chars_per_line, poetry.FORM_TABLE[form].lines
     line = f"[\u4e00-\u9fff]{{{chars_per_line}}}"
     return re.compile("\n".join([f"{line}，{line}。"] * (n_lines // 2)))
 
@@ -125,7 +125,7 @@ def assert_ends_with_eos(generated: torch.Tensor, tokenizer: PreTrainedTokenizer
         assert tokenizer.eos_token_id not in row[:-1]
 
 
-@pytest.mark.parametrize("form", metrics.FORMS)
+@pytest.mark.parametrize("form", poetry.FORMS)
 def test_random_model_writes_the_requested_form(
     model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, form: str
 ) -> None:
@@ -133,7 +133,7 @@ def test_random_model_writes_the_requested_form(
     assert len(poems) == 6
     for poem in poems:
         assert layout_pattern(form).fullmatch(poem), poem
-    assert metrics.format_accuracy(poems, form) == 1.0
+    assert poetry.format_accuracy(poems, form) == 1.0
     assert_ends_with_eos(generated, tokenizer)
 
 
@@ -187,17 +187,17 @@ def test_even_lines_rhyme_in_the_group_the_first_even_line_chose(
 ) -> None:
     poems, _ = generate(model, tokenizer, "五言律诗", seed=2, rhyme=True)
     for poem in poems:
-        finals = [line[-1] for line in metrics.split_lines(poem)[1::2]]
-        shared = frozenset.intersection(*map(metrics.rhyme_groups, finals))
-        assert shared & metrics.level_rhyme_groups(), poem
-    assert metrics.rhyme_rate(poems) == 1.0
+        finals = [line[-1] for line in poetry.split_lines(poem)[1::2]]
+        shared = frozenset.intersection(*map(poetry.rhyme_groups, finals))
+        assert shared & poetry.level_rhyme_groups(), poem
+    assert poetry.rhyme_rate(poems) == 1.0
 
 
 def test_a_given_rhyme_group_is_kept(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> None:
     poems, _ = generate(model, tokenizer, "七言绝句", seed=3, rhyme_group="尤")
     for poem in poems:
-        for line in metrics.split_lines(poem)[1::2]:
-            assert "下平聲十一尤" in metrics.rhyme_groups(line[-1]), poem
+        for line in poetry.split_lines(poem)[1::2]:
+            assert "下平聲十一尤" in poetry.rhyme_groups(line[-1]), poem
 
 
 def test_bad_requests_are_refused_with_the_reason(tokenizer: PreTrainedTokenizerFast) -> None:

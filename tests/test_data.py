@@ -9,17 +9,11 @@ from conftest import POEMS, run_config, tiny_overrides
 
 from poetry_sft import artifacts
 from poetry_sft.config import DataConfig, PromptStyle, Vocabulary
-from poetry_sft.data import (
-    FORM_NAMES,
-    generation_prompt,
-    make_formatting_func,
-    poem_form,
-    poem_keywords,
-    prepare_poems,
-    split_first_line,
-)
+from poetry_sft.data import prepare_poems
 from poetry_sft.errors import ConfigError
 from poetry_sft.paths import SAMPLE_POEMS
+from poetry_sft.poetry import CORPUS_FORMS, corpus_form, split_first_line
+from poetry_sft.prompts import generation_prompt, make_formatting_func, poem_keywords
 from poetry_sft.random_model import build_tokenizer
 
 EOS = "<|im_end|>"
@@ -185,7 +179,7 @@ def test_selection_by_form_and_dynasty(tokenizer):
     cfg = _cfg("sample", dynasty_column="dynasty", dynasties=["唐"], forms=["五言绝句"], eval_size=2)
     data = prepare_poems(cfg, tokenizer, 256, use_cache=False)
     poems = [_text(tokenizer, e["labels"]).removesuffix(EOS) for e in data.train]
-    assert poems and all(poem_form(p) == "五言绝句" for p in poems)
+    assert poems and all(corpus_form(p) == "五言绝句" for p in poems)
     assert data.report["dropped"]["not_selected"] > 0
 
 
@@ -203,7 +197,7 @@ def test_prompt_styles(tokenizer, distinct_poems: Path):
         _cfg(distinct_poems, prompt_style=PromptStyle.form_theme), tokenizer, 256, use_cache=False
     )
     prompts = [tokenizer.decode(e["input_ids"]) for e in data.train]
-    assert all(any(f"写一首{form}" in p for form in FORM_NAMES) for p in prompts)
+    assert all(any(f"写一首{form}" in p for form in CORPUS_FORMS) for p in prompts)
     assert any("写一首七言绝句" in p for p in prompts + [tokenizer.decode(e["input_ids"]) for e in data.eval])
 
 
@@ -263,7 +257,7 @@ def test_generation_prompts_equal_the_training_prompts_in_every_style(tokenizer,
         elif style is PromptStyle.keywords:
             prompt = generation_prompt(tokenizer, cfg, poem_keywords(target))
         else:
-            prompt = generation_prompt(tokenizer, cfg, titles[target], form=poem_form(target))
+            prompt = generation_prompt(tokenizer, cfg, titles[target], form=corpus_form(target))
         assert tokenizer(prompt, add_special_tokens=False)["input_ids"] == example["input_ids"][:start]
         checked += 1
     assert checked >= 4

@@ -8,13 +8,13 @@ import pytest
 import torch
 from conftest import POEMS, run_config, tiny_overrides
 
-from poetry_sft import generate, merge, metrics, report, score
+from poetry_sft import generate, merge, poetry, report, score
 from poetry_sft.callbacks import EVAL_POEMS_FILE
 from poetry_sft.config import SamplingConfig
-from poetry_sft.data import generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError
 from poetry_sft.generate import THINK_TOKENS, generate_poems, load_run
 from poetry_sft.modeling import resolve_model_path
+from poetry_sft.prompts import generation_prompt
 from poetry_sft.training import build_trainer, train
 
 TITLES = ["静夜思", "春晓"]
@@ -114,8 +114,8 @@ def test_constrained_generation_from_the_command_writes_the_form(lora_run: Path,
         tmp_path, str(lora_run), "--title", "静夜思", "--title", "春晓", "--form", "七言绝句", "--rhyme"
     )
     for record in records:
-        assert metrics.classify_form(record["content"]) == "七言绝句", record
-        assert metrics.rhymes(record["content"]) and record["stopped_at_eos"] and record["form"] == "七言绝句"
+        assert poetry.classify_form(record["content"]) == "七言绝句", record
+        assert poetry.rhymes(record["content"]) and record["stopped_at_eos"] and record["form"] == "七言绝句"
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,7 @@ def test_each_prompt_style_generates_from_what_it_was_trained_on(full_run: Path)
         style("form_theme"),
         dataclasses.replace(GREEDY, form="五言绝句", max_new_tokens=30),
     )
-    assert metrics.classify_form(poem.content) == "五言绝句"  # constrained by the same form
+    assert poetry.classify_form(poem.content) == "五言绝句"  # constrained by the same form
     # keywords: the model is asked with exactly the training prompt of that style.
     asked: list[str] = []
 
@@ -343,7 +343,7 @@ def test_training_writes_the_report_and_final_scores_when_configured(lora_run: P
     assert written["titles"] == TITLES and written["method"] == "lora"
     assert set(written["scores"]) == {"base", "finetuned"}
     for scores in written["scores"].values():
-        assert scores["n_poems"] == 2 and set(metrics.score_poems(["春眠不觉晓"])) == set(scores)
+        assert scores["n_poems"] == 2 and set(poetry.score_poems(["春眠不觉晓"])) == set(scores)
     assert [p["title"] for p in written["poems"]] == TITLES
     assert written["poems"][0]["base"]["content"] != written["poems"][0]["finetuned"]["content"]
     markdown = (lora_run / report.REPORT_MD).read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from poetry_sft import metrics, score
+from poetry_sft import poetry, score
 
 JING_YE_SI = "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"  # 古绝: rhymes, not fully regulated
 DENG_GUAN_QUE_LOU = "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。"
@@ -27,10 +27,10 @@ REGULATED = [DENG_GUAN_QUE_LOU, ZAO_FA_BAI_DI_CHENG, CHUN_WANG, DENG_GAO]
 
 def shuffle_characters(poem: str, seed: int) -> str:
     """The same layout and characters, in a random order."""
-    chars = [char for char in poem if metrics.is_han(char)]
+    chars = [char for char in poem if poetry.is_han(char)]
     random.Random(seed).shuffle(chars)
     shuffled = iter(chars)
-    return "".join(next(shuffled) if metrics.is_han(char) else char for char in poem)
+    return "".join(next(shuffled) if poetry.is_han(char) else char for char in poem)
 
 
 @pytest.mark.parametrize(
@@ -49,53 +49,53 @@ def shuffle_characters(poem: str, seed: int) -> str:
     ],
 )
 def test_classify_form(poem: str, form: str) -> None:
-    assert metrics.classify_form(poem) == form
+    assert poetry.classify_form(poem) == form
 
 
 def test_sentence_per_line_layout_splits_like_the_corpus_layout() -> None:
     one_ju_per_line = "白日依山尽\n黄河入海流\n欲穷千里目\n更上一层楼\n"
     half_width = "白日依山尽, 黄河入海流.\n“欲穷千里目”，更上一层楼！"
-    assert metrics.split_lines(one_ju_per_line) == metrics.split_lines(DENG_GUAN_QUE_LOU)
-    assert metrics.split_lines(half_width) == metrics.split_lines(DENG_GUAN_QUE_LOU)
-    assert metrics.line_lengths(DENG_GAO) == [7] * 8
+    assert poetry.split_lines(one_ju_per_line) == poetry.split_lines(DENG_GUAN_QUE_LOU)
+    assert poetry.split_lines(half_width) == poetry.split_lines(DENG_GUAN_QUE_LOU)
+    assert poetry.line_lengths(DENG_GAO) == [7] * 8
 
 
 def test_format_accuracy() -> None:
     poems = [DENG_GUAN_QUE_LOU, ZAO_FA_BAI_DI_CHENG, "白日依山尽，黄河入海流。"]
-    assert metrics.format_accuracy(poems, "五言绝句") == pytest.approx(1 / 3)
-    assert metrics.format_accuracy(poems, ["五言绝句", "七言绝句", "五言绝句"]) == pytest.approx(2 / 3)
+    assert poetry.format_accuracy(poems, "五言绝句") == pytest.approx(1 / 3)
+    assert poetry.format_accuracy(poems, ["五言绝句", "七言绝句", "五言绝句"]) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="choose one of 五言绝句, 七言绝句, 五言律诗, 七言律诗"):
-        metrics.format_accuracy(poems, "绝句")
+        poetry.format_accuracy(poems, "绝句")
     with pytest.raises(ValueError, match="3 poems but 2 requested forms"):
-        metrics.format_accuracy(poems, ["五言绝句", "七言绝句"])
+        poetry.format_accuracy(poems, ["五言绝句", "七言绝句"])
 
 
 def test_rhyme_groups_come_from_the_pingshui_table() -> None:
-    assert len(metrics.rhyme_group_names()) == 106
-    assert len(metrics.level_rhyme_groups()) == 30
+    assert len(poetry.rhyme_group_names()) == 106
+    assert len(poetry.level_rhyme_groups()) == 30
     # Simplified and traditional forms find the same groups; 先 is restored to the group it names.
-    assert metrics.rhyme_groups("乡") == metrics.rhyme_groups("鄉")
-    assert "下平聲七陽" in metrics.rhyme_groups("乡")
-    assert "下平聲一先" in metrics.rhyme_groups("先")
-    assert metrics.rhyme_groups("a") == frozenset()
+    assert poetry.rhyme_groups("乡") == poetry.rhyme_groups("鄉")
+    assert "下平聲七陽" in poetry.rhyme_groups("乡")
+    assert "下平聲一先" in poetry.rhyme_groups("先")
+    assert poetry.rhyme_groups("a") == frozenset()
 
 
 def test_polyphones_take_either_tone() -> None:
-    assert metrics.char_tones("看") == {"平", "仄"}
-    assert metrics.char_tones("高") == {"平"}
-    assert metrics.char_tones("一") == {"仄"}
-    assert metrics.char_tones("?") == frozenset()
+    assert poetry.char_tones("看") == {"平", "仄"}
+    assert poetry.char_tones("高") == {"平"}
+    assert poetry.char_tones("一") == {"仄"}
+    assert poetry.char_tones("?") == frozenset()
 
 
 @pytest.mark.parametrize("poem", [JING_YE_SI, *REGULATED, HUANG_HE_LOU])
 def test_classics_rhyme(poem: str) -> None:
-    assert metrics.rhymes(poem)
+    assert poetry.rhymes(poem)
 
 
 def test_broken_poems_do_not_rhyme() -> None:
-    assert not metrics.rhymes("白日依山尽，黄河入海流。\n欲穷千里目。")  # one even line left
-    assert not metrics.rhymes("白日依山尽，黄河入海流。\n欲穷千里目，更上一层台。")  # 流/台
-    assert metrics.rhyme_rate([JING_YE_SI, "白日依山尽，黄河入海流。\n欲穷千里目，更上一层台。"]) == 0.5
+    assert not poetry.rhymes("白日依山尽，黄河入海流。\n欲穷千里目。")  # one even line left
+    assert not poetry.rhymes("白日依山尽，黄河入海流。\n欲穷千里目，更上一层台。")  # 流/台
+    assert poetry.rhyme_rate([JING_YE_SI, "白日依山尽，黄河入海流。\n欲穷千里目，更上一层台。"]) == 0.5
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,7 @@ def test_broken_poems_do_not_rhyme() -> None:
     ],
 )
 def test_regulated_classics_pass_the_tone_rules(poem: str, variant: str) -> None:
-    report = metrics.check_tones(poem)
+    report = poetry.check_tones(poem)
     assert report is not None
     assert report.variant == variant
     assert report.compliance == 1.0
@@ -116,14 +116,14 @@ def test_regulated_classics_pass_the_tone_rules(poem: str, variant: str) -> None
 
 
 def test_irregular_classics_are_scored_below_full_compliance() -> None:
-    jing_ye_si, huang_he_lou = metrics.check_tones(JING_YE_SI), metrics.check_tones(HUANG_HE_LOU)
+    jing_ye_si, huang_he_lou = poetry.check_tones(JING_YE_SI), poetry.check_tones(HUANG_HE_LOU)
     assert jing_ye_si is not None and (jing_ye_si.compliant, jing_ye_si.constrained) == (10, 12)
     assert huang_he_lou is not None and (huang_he_lou.compliant, huang_he_lou.constrained) == (30, 32)
     assert not jing_ye_si.passed and not huang_he_lou.passed
 
 
 def test_san_ping_wei_is_flagged_even_where_positions_are_free() -> None:
-    report = metrics.check_tones("白日依山尽，黄河入海流。\n欲穷千里目，更上高层楼。")  # 高层楼: 平平平
+    report = poetry.check_tones("白日依山尽，黄河入海流。\n欲穷千里目，更上高层楼。")  # 高层楼: 平平平
     assert report is not None
     assert report.compliance == 1.0  # 高 sits on the free third position
     assert report.san_ping_wei_lines == (4,)
@@ -131,20 +131,20 @@ def test_san_ping_wei_is_flagged_even_where_positions_are_free() -> None:
 
 
 def test_gu_ping_is_flagged_and_its_remedy_is_not() -> None:
-    gu_ping = metrics.check_tones("白日依山尽，一河入海流。\n欲穷千里目，更上一层楼。")  # 仄平仄仄平
-    remedied = metrics.check_tones("白日依山尽，一河流海流。\n欲穷千里目，更上一层楼。")  # 仄平平仄平
+    gu_ping = poetry.check_tones("白日依山尽，一河入海流。\n欲穷千里目，更上一层楼。")  # 仄平仄仄平
+    remedied = poetry.check_tones("白日依山尽，一河流海流。\n欲穷千里目，更上一层楼。")  # 仄平平仄平
     assert gu_ping is not None and gu_ping.gu_ping_lines == (2,) and not gu_ping.passed
     assert remedied is not None and remedied.gu_ping_lines == ()
 
 
 def test_tones_are_only_checked_on_regulated_forms() -> None:
-    assert metrics.check_tones("白日依山尽，黄河入海流。") is None
+    assert poetry.check_tones("白日依山尽，黄河入海流。") is None
 
 
 def test_shuffled_and_truncated_poems_score_lower() -> None:
     shuffled = [shuffle_characters(poem, seed) for seed, poem in enumerate(REGULATED)]
     truncated = [poem.rsplit("，", 1)[0] for poem in REGULATED]
-    real, scrambled, cut = (metrics.score_poems(p) for p in (REGULATED, shuffled, truncated))
+    real, scrambled, cut = (poetry.score_poems(p) for p in (REGULATED, shuffled, truncated))
     assert real["tone_compliance"] == 1.0 and real["rhyme_rate"] == 1.0
     assert scrambled["tone_compliance"] is not None and scrambled["tone_compliance"] < 0.8
     assert scrambled["rhyme_rate"] is not None and scrambled["rhyme_rate"] < 1.0
@@ -152,21 +152,21 @@ def test_shuffled_and_truncated_poems_score_lower() -> None:
 
 
 def test_distinct_n() -> None:
-    assert metrics.distinct_n(["床前明月光", "床前明月光"], 1) == 0.5
-    assert metrics.distinct_n(["床前明月光", "床前明月光"], 2) == 0.5
-    assert metrics.distinct_n([DENG_GUAN_QUE_LOU], 1) == 1.0
+    assert poetry.distinct_n(["床前明月光", "床前明月光"], 1) == 0.5
+    assert poetry.distinct_n(["床前明月光", "床前明月光"], 2) == 0.5
+    assert poetry.distinct_n([DENG_GUAN_QUE_LOU], 1) == 1.0
     # n-grams stay inside a line: 光疑 is not a bigram.
-    assert metrics.distinct_n(["床前明月光，疑是地上霜。"], 2) == 1.0
-    assert metrics.distinct_n(["床前，疑是"], 2) == 1.0 and metrics.distinct_n(["床前，疑是"], 3) == 0.0
+    assert poetry.distinct_n(["床前明月光，疑是地上霜。"], 2) == 1.0
+    assert poetry.distinct_n(["床前，疑是"], 2) == 1.0 and poetry.distinct_n(["床前，疑是"], 3) == 0.0
 
 
 def test_repeated_line_rate() -> None:
-    assert metrics.repeated_line_rate(["白日依山尽，白日依山尽。", DENG_GUAN_QUE_LOU]) == pytest.approx(1 / 6)
-    assert metrics.repeated_line_rate(REGULATED) == 0.0
+    assert poetry.repeated_line_rate(["白日依山尽，白日依山尽。", DENG_GUAN_QUE_LOU]) == pytest.approx(1 / 6)
+    assert poetry.repeated_line_rate(REGULATED) == 0.0
 
 
 def test_copy_index_finds_verbatim_copies_only() -> None:
-    index = metrics.CopyIndex([DENG_GUAN_QUE_LOU, CHUN_WANG, DENG_GAO], chunk_size=2)
+    index = poetry.CopyIndex([DENG_GUAN_QUE_LOU, CHUN_WANG, DENG_GAO], chunk_size=2)
     assert index.ngram_copy_rate([CHUN_WANG]) == 1.0  # 五言 7-grams run across line breaks
     assert index.line_copy_rate([CHUN_WANG]) == 1.0
     assert index.ngram_copy_rate([ZAO_FA_BAI_DI_CHENG, JING_YE_SI]) == 0.0
@@ -178,20 +178,20 @@ def test_copy_index_finds_verbatim_copies_only() -> None:
 
 def test_hygiene_rates() -> None:
     generations = ["<think>\n想一想</think>\n" + DENG_GUAN_QUE_LOU, DENG_GUAN_QUE_LOU, "<think>", "hello"]
-    assert metrics.think_leak_rate(generations) == 0.5
-    assert metrics.strip_thinking(generations[0]) == DENG_GUAN_QUE_LOU
-    assert metrics.eos_termination_rate([True, False, True, True]) == 0.75
-    assert metrics.non_chinese_rate([JING_YE_SI]) == 0.0
-    assert metrics.non_chinese_rate(["床前明月光。", "ok!"]) == pytest.approx(3 / 9)
+    assert poetry.think_leak_rate(generations) == 0.5
+    assert poetry.strip_thinking(generations[0]) == DENG_GUAN_QUE_LOU
+    assert poetry.eos_termination_rate([True, False, True, True]) == 0.75
+    assert poetry.non_chinese_rate([JING_YE_SI]) == 0.0
+    assert poetry.non_chinese_rate(["床前明月光。", "ok!"]) == pytest.approx(3 / 9)
 
 
 def test_score_poems_is_json_ready_and_uses_every_input() -> None:
     poems = ["<think>\n</think>\n" + DENG_GUAN_QUE_LOU, ZAO_FA_BAI_DI_CHENG, "白日依山尽"]
-    scores = metrics.score_poems(
+    scores = poetry.score_poems(
         poems,
         ["五言绝句", "五言绝句", None],
         stopped_at_eos=[True, True, False],
-        reference=metrics.CopyIndex([DENG_GUAN_QUE_LOU]),
+        reference=poetry.CopyIndex([DENG_GUAN_QUE_LOU]),
     )
     assert json.loads(json.dumps(scores)) == scores
     assert scores["n_poems"] == 3
@@ -204,13 +204,13 @@ def test_score_poems_is_json_ready_and_uses_every_input() -> None:
 
 
 def test_score_poems_marks_unmeasurable_metrics_none() -> None:
-    scores = metrics.score_poems(["白日依山尽"])
+    scores = poetry.score_poems(["白日依山尽"])
     assert scores["format_accuracy"] is None
     assert scores["tone_compliance"] is None
     assert scores["eos_termination_rate"] is None
     assert scores["ngram_copy_rate"] is None
     with pytest.raises(ValueError, match="2 poems but 1 end-token flags"):
-        metrics.score_poems(["a", "b"], stopped_at_eos=[True])
+        poetry.score_poems(["a", "b"], stopped_at_eos=[True])
 
 
 def run_score(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
@@ -284,3 +284,17 @@ def test_score_command_names_missing_files(tmp_path: Path, capsys: pytest.Captur
     with pytest.raises(SystemExit):
         score.main([str(poems), "--form", "绝句"])
     assert "invalid choice: '绝句'" in capsys.readouterr().err
+
+
+def test_a_form_is_one_table_entry_and_tones_are_judged_only_where_rules_exist() -> None:
+    # 王维《田园乐》其六: 六言绝句, one entry in poetry.FORM_TABLE with no 律句 rules modelled
+    liu_yan = "桃红复含宿雨，柳绿更带朝烟。\n花落家童未扫，莺啼山客犹眠。"
+    assert poetry.classify_form(liu_yan) == "六言绝句" and "六言绝句" in poetry.FORMS
+    assert poetry.check_tones(liu_yan) is None  # not scored as if its lines had seven characters
+    assert poetry.required_tones(liu_yan) is None and poetry.sticking_and_opposition(liu_yan) == ((), ())
+    with pytest.raises(ValueError, match="no tone patterns"):
+        poetry.tone_patterns("六言绝句")
+    scores = poetry.score_poems([liu_yan, JING_YE_SI], ["六言绝句", "六言绝句"])
+    assert scores["format_accuracy"] == 0.5 and scores["n_regulated"] == 1  # only 静夜思 has tone rules
+    # every form of the table is a corpus form, and the corpus shapes come after them
+    assert poetry.CORPUS_FORMS[: len(poetry.FORMS)] == poetry.FORMS

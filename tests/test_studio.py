@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import run_config, tiny_overrides
 
-from poetry_sft import artifacts, metrics
+from poetry_sft import artifacts, poetry
 from poetry_sft.studio import logic
 from poetry_sft.studio.logic import Studio, StudioError, analyse_poem, poem_html
 
@@ -61,10 +61,10 @@ def test_a_broken_quatrain_has_each_break_flagged_on_its_line():
 
 
 def test_huang_he_lou_breaks_sticking_and_opposition_where_it_is_known_to():
-    shi_nian, shi_dui = metrics.sticking_and_opposition(HUANG_HE_LOU)
+    shi_nian, shi_dui = poetry.sticking_and_opposition(HUANG_HE_LOU)
     assert (shi_nian, shi_dui) == ((3,), (2, 4))
-    assert metrics.sticking_and_opposition("床前明月光，疑是地上霜。") == ((), ())  # not regulated
-    required = metrics.required_tones(JUE_JU)
+    assert poetry.sticking_and_opposition("床前明月光，疑是地上霜。") == ((), ())  # not regulated
+    required = poetry.required_tones(JUE_JU)
     assert required is not None and required[0] == ["", "仄", "", "平", "", "仄", "仄"]
 
 
@@ -190,7 +190,7 @@ def test_poems_are_written_in_the_form_asked_for_with_the_model_loaded_once(demo
     final = batches[-1]
     assert [p.model for p in final.poems] == ["fine-tuned", "base", "fine-tuned", "base"]
     for poem in final.poems:
-        assert metrics.classify_form(poem.content) == "七言绝句" and metrics.rhymes(poem.content)
+        assert poetry.classify_form(poem.content) == "七言绝句" and poetry.rhymes(poem.content)
         assert poem.analysis.rhyme_group and len(poem.analysis.lines) == 4
         assert poem.html.count("<ruby") == 28
     assert final.of("fine-tuned")[0].content != final.of("fine-tuned")[1].content  # seeds 0 and 1

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from poetry_sft import artifacts, metrics
+from poetry_sft import artifacts, poetry
 from poetry_sft.config import PromptStyle, RunConfig, SamplingConfig, sampling_problems
 from poetry_sft.errors import PoetrySFTError
 
@@ -289,7 +289,7 @@ class Flag:
 @dataclass
 class PoemAnalysis:
     lines: list[list[CharMark]]
-    form: str  # classified shape: one of metrics.FORMS or "other"
+    form: str  # classified shape: one of poetry.FORMS or "other"
     variant: str | None  # the best-matching standard pattern (仄起首句不入韵 ...), regulated forms only
     rhyme_group: str | None  # the 平水韵 group the even lines rhyme in (simplified name), if any
     flags: list[Flag]
@@ -297,8 +297,8 @@ class PoemAnalysis:
 
 
 def _tone(char: str) -> str:
-    tones = metrics.char_tones(char)
-    return "".join(t for t in (metrics.LEVEL, metrics.OBLIQUE) if t in tones)
+    tones = poetry.char_tones(char)
+    return "".join(t for t in (poetry.LEVEL, poetry.OBLIQUE) if t in tones)
 
 
 @functools.cache
@@ -317,14 +317,14 @@ def _poem_rhyme(lines: list[str]) -> tuple[str | None, list[int], list[int]]:
     even = list(range(2, len(lines) + 1, 2))
     if not even:
         return None, [], []
-    finals = {n: metrics.rhyme_groups(lines[n - 1][-1]) for n in even}
+    finals = {n: poetry.rhyme_groups(lines[n - 1][-1]) for n in even}
     counts = Counter(group for n in even for group in finals[n])
     if not counts:
         return None, [], []
     order = [group for n in even for group in sorted(finals[n])]  # earliest line first
     group = max(counts, key=lambda g: (counts[g], -order.index(g)))
     rhyming = [n for n in even if group in finals[n]]
-    if group in metrics.rhyme_groups(lines[0][-1]):
+    if group in poetry.rhyme_groups(lines[0][-1]):
         rhyming = [1, *rhyming]
     off = [n for n in even if group not in finals[n]] if len(even) > 1 else []
     return group, rhyming, off
@@ -334,10 +334,10 @@ def analyse_poem(
     content: str, requested_form: str | None = None, stopped_at_eos: bool | None = None
 ) -> PoemAnalysis:
     """Every character's tone, the rhyme, the broken rules and the scores of one poem."""
-    answer = metrics.strip_thinking(content)
-    lines = metrics.split_lines(answer)
-    required = metrics.required_tones(answer)
-    report = metrics.check_tones(answer)
+    answer = poetry.strip_thinking(content)
+    lines = poetry.split_lines(answer)
+    required = poetry.required_tones(answer)
+    report = poetry.check_tones(answer)
     group, rhyming, off_rhyme = _poem_rhyme(lines) if lines else (None, [], [])
     marks = []
     for n, line in enumerate(lines, 1):
@@ -350,7 +350,7 @@ def analyse_poem(
         )
     flags: list[Flag] = []
     if report is not None:
-        shi_nian, shi_dui = metrics.sticking_and_opposition(answer)
+        shi_nian, shi_dui = poetry.sticking_and_opposition(answer)
         for kind, numbers in (
             ("shi_nian", shi_nian),
             ("shi_dui", shi_dui),
@@ -360,12 +360,12 @@ def analyse_poem(
             flags += [Flag(kind, n) for n in numbers]
     flags += [Flag("off_rhyme", n) for n in off_rhyme]
     flags.sort(key=lambda f: (f.line, list(FLAG_NAMES).index(f.kind)))
-    scores = metrics.score_poems(
+    scores = poetry.score_poems(
         [content], requested_form, stopped_at_eos=None if stopped_at_eos is None else [stopped_at_eos]
     )
     return PoemAnalysis(
         marks,
-        metrics.classify_form(answer),
+        poetry.classify_form(answer),
         report.variant if report else None,
         _simplified(group) if group else None,
         flags,
@@ -424,7 +424,7 @@ def poem_html(title: str, content: str, analysis: PoemAnalysis, heading: str = "
         end = "，" if n % 2 else "。"
         line = f'<span class="sf-line">{"".join(map(_char_html, marks))}{end}</span>'
         lines.append(line + ("<br>" if n % 2 == 0 else ""))
-    form = analysis.form if analysis.form != metrics.OTHER_FORM else "非格律 not a regulated form"
+    form = analysis.form if analysis.form != poetry.OTHER_FORM else "非格律 not a regulated form"
     meta = [f"{form}" + (f" · {analysis.variant}" if analysis.variant else "")]
     if analysis.rhyme_group:
         meta.append(f"韵 rhyme: {analysis.rhyme_group}")
@@ -511,7 +511,7 @@ def sampling_settings(
     seed: int,
 ) -> SamplingConfig:
     if form is not None:
-        form = metrics.check_form_name(form)
+        form = poetry.check_form_name(form)
     if rhyme and form is None:
         raise StudioError("押韵 rhyme needs a form: choose 五绝, 七绝, 五律 or 七律, or turn rhyme off")
     if cfg.data.prompt_style is PromptStyle.first_line and form is not None:

@@ -21,19 +21,19 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 
-from poetry_sft import metrics
+from poetry_sft import poetry
 
 _HAN_SLOT = "\0"  # in a layout: any one Chinese character
 
 
 def _layout(form: str, couplet_newline: bool) -> str:
-    chars_per_line, n_lines = metrics.FORM_SHAPES[metrics.check_form_name(form)]
-    couplet = _HAN_SLOT * chars_per_line + "，" + _HAN_SLOT * chars_per_line + "。"
-    return ("\n" if couplet_newline else "").join([couplet] * (n_lines // 2))
+    shape = poetry.FORM_TABLE[poetry.check_form_name(form)]
+    couplet = _HAN_SLOT * shape.chars_per_line + "，" + _HAN_SLOT * shape.chars_per_line + "。"
+    return ("\n" if couplet_newline else "").join([couplet] * (shape.lines // 2))
 
 
 def _shape(text: str) -> str:
-    return "".join(_HAN_SLOT if metrics.is_han(char) else char for char in text)
+    return "".join(_HAN_SLOT if poetry.is_han(char) else char for char in text)
 
 
 class FormConstrainedLogitsProcessor(LogitsProcessor):
@@ -69,7 +69,7 @@ class FormConstrainedLogitsProcessor(LogitsProcessor):
         eos_token_id: int | None = None,
         couplet_newline: bool = True,
     ) -> None:
-        self.form = metrics.check_form_name(form)
+        self.form = poetry.check_form_name(form)
         self.prompt_length = prompt_length
         self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         if self.eos_token_id is None:
@@ -78,9 +78,9 @@ class FormConstrainedLogitsProcessor(LogitsProcessor):
         self.rhyme_slots = frozenset(i - 1 for i, char in enumerate(self.layout) if char == "。")
         self.rhyme_groups: frozenset[str] | None = None
         if rhyme_group is not None:
-            self.rhyme_groups = frozenset({metrics.find_rhyme_group(rhyme_group)})
+            self.rhyme_groups = frozenset({poetry.find_rhyme_group(rhyme_group)})
         elif rhyme:
-            self.rhyme_groups = metrics.level_rhyme_groups()
+            self.rhyme_groups = poetry.level_rhyme_groups()
 
         self._texts = tokenizer.batch_decode(
             [[token_id] for token_id in range(len(tokenizer))],
@@ -131,14 +131,14 @@ class FormConstrainedLogitsProcessor(LogitsProcessor):
         for token_ids in by_shape.values():
             for token_id in token_ids:
                 for offset, char in enumerate(self._texts[token_id]):
-                    if metrics.is_han(char):
+                    if poetry.is_han(char):
                         char_at[offset, token_id] = chars.setdefault(char, len(chars) + 1)
         return list(chars), char_at
 
     def _rhyming_chars(self, groups: frozenset[str]) -> torch.Tensor:
         """Over 1 + character index: True where the character rhymes in one of `groups` (and at 0)."""
         if groups not in self._rhyming_cache:
-            rhyming = [True] + [bool(metrics.rhyme_groups(char) & groups) for char in self._chars]
+            rhyming = [True] + [bool(poetry.rhyme_groups(char) & groups) for char in self._chars]
             self._rhyming_cache[groups] = torch.tensor(rhyming, dtype=torch.bool)
         return self._rhyming_cache[groups]
 
@@ -159,7 +159,7 @@ class FormConstrainedLogitsProcessor(LogitsProcessor):
         groups = self.rhyme_groups or frozenset()
         for char in rhyme_chars:
             # Empty only where a slot had to be left unrestricted; keep the earlier choice then.
-            groups = (groups & metrics.rhyme_groups(char)) or groups
+            groups = (groups & poetry.rhyme_groups(char)) or groups
         return groups
 
     def _allowed(self, generated: list[int]) -> torch.Tensor:

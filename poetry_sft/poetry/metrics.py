@@ -1,0 +1,210 @@
+"""Poetry metrics: what a poet checks, where the training loss says nothing.
+
+Every function takes plain strings (poems in simplified or traditional characters, one 联 or one 句
+per text line) and returns plain numbers, so the same code scores generations in a training
+callback, in `python -m poetry_sft.score`, in the studio and in `bench/bench_metrics.py`.
+Shapes come from `forms`, rhyme and tone from `prosody`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from poetry_sft.poetry.forms import OTHER_FORM, check_form_name, classify_form, format_accuracy
+from poetry_sft.poetry.prosody import check_tones, rhyme_rate
+from poetry_sft.poetry.text import (
+    CHINESE_PUNCTUATION,
+    HAN_RANGES,
+    THINK_CLOSE,
+    THINK_OPEN,
+    is_han,
+    split_lines,
+    strip_thinking,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Diversity and copying
+
+
+def _ngrams(line: str, n: int) -> list[str]:
+    return [line[i : i + n] for i in range(len(line) - n + 1)]
+
+
+def distinct_n(poems: Sequence[str], n: int) -> float:
+    """Distinct character n-grams / all n-grams over the whole set, n-grams taken within lines.
+
+    A model that has collapsed onto a few stock phrases scores low even if each poem looks fine.
+    """
+    grams = [gram for poem in poems for line in split_lines(poem) for gram in _ngrams(line, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repeated_line_rate(poems: Sequence[str]) -> float:
+    """Fraction of lines that repeat an earlier line of the same poem (the looping failure)."""
+    repeats = total = 0
+    for poem in poems:
+        lines = split_lines(poem)
+        repeats += len(lines) - len(set(lines))
+        total += len(lines)
+    return repeats / total if total else 0.0
+
+
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _han_codes(poems: Iterable[str]) -> np.ndarray:
+    """Code points of the poems' Chinese characters, each poem followed by a 0 separator."""
+    text = "\0".join(poems) + "\0"
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    keep = codes == 0
+    for low, high in HAN_RANGES:
+        keep |= (codes >= low) & (codes <= high)
+    return codes[keep]
+
+
+def _ngram_hashes(codes: np.ndarray, n: int) -> np.ndarray:
+    """64-bit polynomial hashes of every n-gram that does not cross a poem separator."""
+    n_windows = len(codes) - n + 1
+    if n_windows <= 0:
+        return np.empty(0, dtype=np.uint64)
+    wide = codes.astype(np.uint64)
+    hashes = np.zeros(n_windows, dtype=np.uint64)
+    for offset in range(n):
+        hashes = hashes * _HASH_MULTIPLIER + wide[offset : offset + n_windows]
+    separators = np.concatenate(([0], np.cumsum(codes == 0)))
+    return hashes[separators[n:] == separators[:n_windows]]
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    # Measured with numpy 2.4: np.unique took 2 s on 2.3M hashes, a sort and a mask 0.02 s.
+    values = np.sort(values)
+    return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
+
+
+def _line_hashes(poems: Iterable[str]) -> np.ndarray:
+    # Python's str hash is salted per process, which is fine: the index never leaves the process.
+    return np.array([hash(line) for poem in poems for line in split_lines(poem)], dtype=np.int64)
+
+
+class CopyIndex:
+    """Verbatim overlap with a reference (training) corpus: is the model writing or reciting?
+
+    Built once: n-gram and line hashes sit in sorted numpy arrays (140 MB and 3 s for the 321k-poem
+    corpus, where Python sets of strings would take gigabytes) and queries are binary searches.
+    N-grams run over a poem's Chinese characters across line breaks, so a copied 五言 poem still
+    yields 7-grams. Hash collisions (64-bit) are negligible at this scale.
+    """
+
+    def __init__(self, reference_poems: Iterable[str], n: int = 7, chunk_size: int = 50_000) -> None:
+        self.n = n
+        ngram_chunks: list[np.ndarray] = []
+        line_chunks: list[np.ndarray] = []
+        poems = iter(reference_poems)
+        # Chunks bound the peak memory of the vectorised hashing to a few hundred MB.
+        while chunk := list(itertools.islice(poems, chunk_size)):
+            ngram_chunks.append(_sorted_unique(_ngram_hashes(_han_codes(chunk), n)))
+            line_chunks.append(_sorted_unique(_line_hashes(chunk)))
+        self._ngrams = _sorted_unique(np.concatenate([np.empty(0, np.uint64), *ngram_chunks]))
+        self._lines = _sorted_unique(np.concatenate([np.empty(0, np.int64), *line_chunks]))
+
+    @staticmethod
+    def _contains(index: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        if not len(index):
+            return np.zeros(len(queries), dtype=bool)
+        found = np.searchsorted(index, queries).clip(max=len(index) - 1)
+        return index[found] == queries
+
+    def ngram_copy_rate(self, poems: Sequence[str]) -> float:
+        """Fraction of the poems' character n-grams that occur verbatim in the reference."""
+        queries = _ngram_hashes(_han_codes(poems), self.n)
+        return float(self._contains(self._ngrams, queries).mean()) if len(queries) else 0.0
+
+    def line_copy_rate(self, poems: Sequence[str]) -> float:
+        """Fraction of the poems' lines that occur verbatim as a line of the reference."""
+        queries = _line_hashes(poems)
+        return float(self._contains(self._lines, queries).mean()) if len(queries) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Hygiene
+
+
+def think_leak_rate(texts: Sequence[str]) -> float:
+    """Fraction of generations that contain a <think> or </think> tag: the chat template's thinking
+    scaffold leaking into what should be a bare poem."""
+    leaks = sum(THINK_OPEN in text or THINK_CLOSE in text for text in texts)
+    return leaks / len(texts) if texts else 0.0
+
+
+def eos_termination_rate(stopped_at_eos: Sequence[bool]) -> float:
+    """Fraction of generations that ended with the end token rather than running out of budget."""
+    return sum(map(bool, stopped_at_eos)) / len(stopped_at_eos) if stopped_at_eos else 0.0
+
+
+def non_chinese_rate(texts: Sequence[str]) -> float:
+    """Fraction of visible characters that are neither Chinese characters nor Chinese punctuation."""
+    visible = [char for text in texts for char in text if not char.isspace()]
+    foreign = sum(not is_han(char) and char not in CHINESE_PUNCTUATION for char in visible)
+    return foreign / len(visible) if visible else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything at once
+
+
+def _mean(values: Sequence[float | bool]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def score_poems(
+    poems: Sequence[str],
+    requested_forms: str | Sequence[str | None] | None = None,
+    *,
+    stopped_at_eos: Sequence[bool] | None = None,
+    reference: CopyIndex | None = None,
+) -> dict[str, float | int | None]:
+    """All metrics for a set of generations, as a flat JSON-serialisable dict.
+
+    `poems` are raw generations: <think> blocks count towards `think_leak_rate` and are removed
+    before anything else is scored. `requested_forms` is one form for all, or one per poem (None
+    where nothing was asked). A metric that cannot be measured (no form requested, no regulated
+    poem, no end-token flags, no reference) is None rather than missing, so reports keep their
+    columns.
+    """
+    if isinstance(requested_forms, str) or requested_forms is None:
+        requested_forms = [requested_forms] * len(poems)
+    if len(requested_forms) != len(poems):
+        raise ValueError(f"{len(poems)} poems but {len(requested_forms)} requested forms")
+    if stopped_at_eos is not None and len(stopped_at_eos) != len(poems):
+        raise ValueError(f"{len(poems)} poems but {len(stopped_at_eos)} end-token flags")
+
+    answers = [strip_thinking(poem) for poem in poems]
+    forms = [classify_form(answer) for answer in answers]
+    tones = [report for report in map(check_tones, answers) if report is not None]
+    asked = [
+        (answer, check_form_name(want)) for answer, want in zip(answers, requested_forms, strict=True) if want
+    ]
+    return {
+        "n_poems": len(poems),
+        "format_accuracy": format_accuracy(*zip(*asked, strict=True)) if asked else None,
+        "regulated_form_rate": _mean([form != OTHER_FORM for form in forms]),
+        "rhyme_rate": rhyme_rate(answers) if answers else None,
+        "n_regulated": len(tones),
+        "tone_compliance": (
+            sum(r.compliant for r in tones) / sum(r.constrained for r in tones) if tones else None
+        ),
+        "tone_pass_rate": _mean([r.passed for r in tones]),
+        "gu_ping_rate": _mean([bool(r.gu_ping_lines) for r in tones]),
+        "san_ping_wei_rate": _mean([bool(r.san_ping_wei_lines) for r in tones]),
+        "distinct_1": distinct_n(answers, 1) if answers else None,
+        "distinct_2": distinct_n(answers, 2) if answers else None,
+        "repeated_line_rate": repeated_line_rate(answers) if answers else None,
+        "think_leak_rate": think_leak_rate(poems) if poems else None,
+        "non_chinese_rate": non_chinese_rate(answers) if answers else None,
+        "eos_termination_rate": eos_termination_rate(stopped_at_eos) if stopped_at_eos else None,
+        "ngram_copy_rate": reference.ngram_copy_rate(answers) if reference else None,
+        "line_copy_rate": reference.line_copy_rate(answers) if reference else None,
+    }
