@@ -17,7 +17,7 @@ import time
 import unicodedata
 from pathlib import Path
 
-from poetry_sft import metrics
+from poetry_sft import poetry
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "poems.parquet"
 COLUMNS = {
@@ -45,19 +45,19 @@ def lay_out(lines: list[str]) -> str:
 
 
 def shuffled(poem: str, rng: random.Random) -> str:
-    chars = [char for char in poem if metrics.is_han(char)]
+    chars = [char for char in poem if poetry.is_han(char)]
     rng.shuffle(chars)
     replacement = iter(chars)
-    return "".join(next(replacement) if metrics.is_han(char) else char for char in poem)
+    return "".join(next(replacement) if poetry.is_han(char) else char for char in poem)
 
 
 def truncated(poem: str) -> str:
-    return lay_out(metrics.split_lines(poem)[:-1])
+    return lay_out(poetry.split_lines(poem)[:-1])
 
 
 def random_characters(poem: str, pool: list[str], rng: random.Random) -> str:
     """Characters drawn from `pool` (so with its frequencies), in the poem's layout."""
-    return "".join(rng.choice(pool) if metrics.is_han(char) else char for char in poem)
+    return "".join(rng.choice(pool) if poetry.is_han(char) else char for char in poem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,15 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     rng.shuffle(order)
     held_out = []
     for row in order:
-        if metrics.classify_form(corpus.iloc[row]) != metrics.OTHER_FORM:
+        if poetry.classify_form(corpus.iloc[row]) != poetry.OTHER_FORM:
             held_out.append(row)
             if len(held_out) == args.sample:
                 break
     poems = corpus.iloc[held_out].tolist()
-    forms = [metrics.classify_form(poem) for poem in poems]
-    index = metrics.CopyIndex(corpus.drop(corpus.index[held_out]).tolist())
+    forms = [poetry.classify_form(poem) for poem in poems]
+    index = poetry.CopyIndex(corpus.drop(corpus.index[held_out]).tolist())
 
-    pool = [char for poem in poems for char in poem if metrics.is_han(char)]
+    pool = [char for poem in poems for char in poem if poetry.is_han(char)]
     # name -> (poems, the form each was "asked" to be: the real poem's form)
     rows = {
         "real": (poems, forms),
@@ -94,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         "truncated": ([truncated(poem) for poem in poems], forms),
         "random chars": ([random_characters(poem, pool, rng) for poem in poems], forms),
     }
-    for form in metrics.FORMS:  # the real sample again, by form
+    for form in poetry.FORMS:  # the real sample again, by form
         subset = [poem for poem, poem_form in zip(poems, forms, strict=True) if poem_form == form]
         rows[f"real {form}"] = (subset, [form] * len(subset))
 
     print(f"{len(poems)} 绝句/律诗 (seed {args.seed}) held out of {len(corpus):,} poems in {args.data.name}")
     print(" " * 20 + "".join(f"{title:>12}" for title in COLUMNS.values()))
     for name, (row_poems, row_forms) in rows.items():
-        scores = metrics.score_poems(row_poems, row_forms, reference=index)
+        scores = poetry.score_poems(row_poems, row_forms, reference=index)
         cells = ("—" if scores[key] is None else f"{scores[key]:.3f}" for key in COLUMNS)
         label = f"{name} ({len(row_poems)})" if name.startswith("real ") else name
         print(ljust(label, 20) + "".join(f"{cell:>12}" for cell in cells))
