@@ -153,7 +153,6 @@ class HardwareConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
     path: str = MISSING  # Hub id, local .parquet/.jsonl/.json/.csv file or directory, or "sample"
     split: str = "train"
     title_column: str = "title"
@@ -201,28 +200,36 @@ class TrainConfig:
 
 @dataclass
 class SamplingConfig:
-    """How poems are written: by `python -m poetry_sft.generate`, the eval callback and the report."""
+    """How poems are written: by `python -m poetry_sft.generate`, the eval callback and the report.
 
-    max_new_tokens: int = 128  # a 七言律诗 is 67 characters; Qwen's vocabulary often packs two in a token
-    do_sample: bool = True
-    temperature: float = 0.8
+    The defaults live here only (runs override them as generation.temperature=0.7 or in a recipe;
+    flags of the generate command win over the run's values).
+    """
+
+    max_new_tokens: int = 128  # a 七言律诗 is 67 characters + the end token; Qwen packs some pairs in one
+    do_sample: bool = True  # false: greedy, the same poem every time (small models loop: 不不不不)
+    temperature: float = 0.8  # < 1 sharpens: fewer odd characters, still varied
     top_p: float = 0.9
     top_k: int = 50
-    repetition_penalty: float = 1.1  # > 1 discourages the loops small models fall into
-    batch_size: int = 8  # prompts per generate() call
+    repetition_penalty: float = 1.1  # > 1 discourages the repeated lines small models fall into
+    # false: the penalty spares punctuation-only tokens (，。 end every line of every poem; see
+    # poetry_sft/poetry/penalty.py and bench/repetition_penalty.py for the measured effect)
+    penalize_punctuation: bool = True
+    batch_size: int = 8  # prompts per generate() call; lower it if generation runs out of memory
     seed: int = 0
-    # The form wanted (one of poetry_sft.poetry.FORMS). The generate command enforces it with
-    # constrained decoding; the eval callback and the report only score against it (format_accuracy),
-    # since they measure what the model writes on its own.
+    # The form wanted (one of poetry_sft.poetry.FORMS, e.g. 七言绝句). The generate command enforces it
+    # with constrained decoding; the eval callback and the report only score against it
+    # (format_accuracy), since they measure what the model writes on its own.
     form: str | None = None
     rhyme: bool = False  # with `form`: constrained decoding also makes the even lines rhyme (平水韵)
     # Eval callback: at every evaluation, write num_eval_poems poems (cycling through these titles),
-    # score them, and log eval_poetry/* beside eval_loss. Empty: no callback.
+    # score them, and log eval_poetry/* beside eval_loss (and into <run_dir>/eval_poems.jsonl). Empty: off.
     eval_titles: list[str] = field(default_factory=list)
-    num_eval_poems: int = 4
-    eval_max_new_tokens: int = 80  # keeps the callback cheap; a 七言绝句 is 31 characters
+    num_eval_poems: int = 4  # a few poems: the metrics are coarse, but it costs seconds, not minutes
+    eval_max_new_tokens: int = 80  # enough for a 七言绝句 (31 characters), short enough to stay cheap
     report: bool = False  # after training, write eval_report.json/.md: fine-tuned vs base on eval_titles
-    showcase: bool = False  # with report: print base vs trained vs constrained poems, scores, loss curve
+    # with report: print untrained vs trained vs 五言绝句-constrained poems, scores, loss curve PNG
+    showcase: bool = False
 
 
 @dataclass

@@ -5,7 +5,7 @@
     python -m poetry_sft.generate runs/<run> --base --titles-file titles.txt --out before.jsonl
     python -m poetry_sft.generate --model ./qwen3-0.6b --title 春夜喜雨
 
-Sampling settings come from the run's `generation` config (conf/generation/default.yaml); flags
+Sampling settings come from the run's `generation.*` config (defaults: config.SamplingConfig); flags
 override them. `--out` writes JSON Lines with title, form, content and stopped_at_eos, which
 `python -m poetry_sft.score poems.jsonl` reads.
 """
@@ -28,7 +28,7 @@ from poetry_sft.poetry import FORMS
 from poetry_sft.prompts import generation_prompt
 
 if TYPE_CHECKING:
-    from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import GenerationConfig, LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
     from poetry_sft.poetry.constrained import FormConstrainedLogitsProcessor
 
@@ -138,7 +138,8 @@ def generation_config(
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=sampling.do_sample,
-        repetition_penalty=sampling.repetition_penalty,
+        # with penalize_punctuation=false the penalty is a logits processor instead (penalty_processor)
+        repetition_penalty=sampling.repetition_penalty if sampling.penalize_punctuation else 1.0,
         eos_token_id=eos_token_ids(model, tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         suppress_tokens=_token_ids(tokenizer, THINK_TOKENS) or None,
@@ -164,6 +165,15 @@ def form_processor(
             f"the end token): raise generation.max_new_tokens (or --max-new-tokens) to at least {needed}"
         )
     return processor
+
+
+def penalty_processor(tokenizer: PreTrainedTokenizerBase, sampling: SamplingConfig) -> LogitsProcessor | None:
+    """The repetition penalty that spares punctuation, where the settings ask for it."""
+    if sampling.penalize_punctuation or sampling.repetition_penalty == 1:
+        return None
+    from poetry_sft.poetry.penalty import PunctuationExemptRepetitionPenalty, punctuation_token_ids
+
+    return PunctuationExemptRepetitionPenalty(sampling.repetition_penalty, punctuation_token_ids(tokenizer))
 
 
 def generate_poems(
@@ -193,6 +203,7 @@ def generate_poems(
             "given first line (data.prompt_style=first_line): leave the form out, or train another style"
         )
     processor = form_processor(tokenizer, sampling, budget) if sampling.form and constrain else None
+    penalty = penalty_processor(tokenizer, sampling)
     was_training = model.training
     model.eval()
     # A private RNG stream: the eval callback generates mid-training, and reseeding the global generator
@@ -205,7 +216,7 @@ def generate_poems(
             for start in range(0, len(titles), sampling.batch_size):
                 batch = titles[start : start + sampling.batch_size]
                 poems += _generate_batch(
-                    model, tokenizer, batch, data_cfg, gen_config, processor, sampling.form
+                    model, tokenizer, batch, data_cfg, gen_config, processor, sampling.form, penalty
                 )
     finally:
         model.train(was_training)
@@ -220,6 +231,7 @@ def _generate_batch(
     gen_config: GenerationConfig,
     processor: FormConstrainedLogitsProcessor | None,
     form: str | None,
+    penalty: LogitsProcessor | None = None,
 ) -> list[Poem]:
     """`form` is recorded as asked for, constrained or not: score measures format accuracy against it."""
     from transformers import LogitsProcessorList
@@ -234,7 +246,8 @@ def _generate_batch(
     output = model.generate(
         **inputs,
         generation_config=gen_config,
-        logits_processor=LogitsProcessorList([processor] if processor else []),
+        # the penalty first, as generate() orders its own: the form's mask then has the last word
+        logits_processor=LogitsProcessorList([p for p in (penalty, processor) if p is not None]),
     )
     stops = set(gen_config.eos_token_id)
     poems = []
@@ -305,22 +318,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rhyme", action="store_true", help="with --form: the even lines rhyme (平水韵)")
     parser.add_argument("--out", type=Path, help="write the poems here as JSON Lines (never overwritten)")
     parser.add_argument("--greedy", action="store_true", help="deterministic decoding instead of sampling")
-    for flag, kind in [
-        ("--max-new-tokens", int),
-        ("--temperature", float),
-        ("--top-p", float),
-        ("--top-k", int),
-        ("--repetition-penalty", float),
-        ("--batch-size", int),
-        ("--seed", int),
-    ]:
-        parser.add_argument(flag, type=kind, help="overrides generation." + flag[2:].replace("-", "_"))
+    for name, kind in _SAMPLING_FLAGS.items():
+        flag, help_ = "--" + name.replace("_", "-"), f"overrides generation.{name}"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            parser.add_argument(flag, type=kind, help=help_)
     return parser
 
 
+# Sampling settings that get a flag of their own, read from SamplingConfig: a new setting is a new flag.
+# (form, rhyme and do_sample have their own flags above; the rest only concern the training run.)
+_NOT_FLAGS = {"form", "rhyme", "do_sample", "eval_titles", "num_eval_poems", "eval_max_new_tokens"}
+_NOT_FLAGS |= {"report", "showcase"}
+_SAMPLING_FLAGS: dict[str, type] = {
+    f.name: {"int": int, "float": float, "bool": bool}[str(f.type)]
+    for f in dataclasses.fields(SamplingConfig)
+    if f.name not in _NOT_FLAGS
+}
+
+
 def _sampling(base: SamplingConfig, args: argparse.Namespace) -> SamplingConfig:
-    names = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "batch_size", "seed")
-    changes: dict[str, object] = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    flags = {name: getattr(args, name) for name in _SAMPLING_FLAGS}
+    changes: dict[str, object] = {name: value for name, value in flags.items() if value is not None}
     if args.greedy:
         changes["do_sample"] = False
     if args.form:
@@ -341,7 +361,7 @@ def _load(
         if not args.model:
             raise ConfigError("give a run directory (runs/...) or --model NAME_OR_PATH")
         # No run: the schema's default prompt, the one runs train on unless data.prompt_template is changed.
-        data_cfg, sampling = DataConfig(name="default", path="none"), SamplingConfig()
+        data_cfg, sampling = DataConfig(path="none"), SamplingConfig()
         return load_model_dir(args.model), load_tokenizer(args.model), data_cfg, sampling
     if args.model:
         cfg = artifacts.load_run_config(args.run_dir)

@@ -21,6 +21,7 @@ from transformers import (  # noqa: E402
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+from transformers import RepetitionPenaltyLogitsProcessor as RepetitionPenalty  # noqa: E402
 
 from poetry_sft import poetry  # noqa: E402
 from poetry_sft.poetry.constrained import FormConstrainedLogitsProcessor  # noqa: E402
@@ -209,3 +210,20 @@ def test_bad_requests_are_refused_with_the_reason(tokenizer: PreTrainedTokenizer
     no_comma = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>")
     with pytest.raises(ValueError, match="no token for '，' at position 5 of 五言绝句"):
         FormConstrainedLogitsProcessor(no_comma, "五言绝句", prompt_length=0)
+
+
+def test_the_punctuation_sparing_penalty_leaves_line_ends_alone(tokenizer):
+    from poetry_sft.poetry.penalty import PunctuationExemptRepetitionPenalty, punctuation_token_ids
+
+    exempt = punctuation_token_ids(tokenizer)
+    texts = {tokenizer.convert_ids_to_tokens(i) for i in exempt}
+    assert {"，", "。", "。\n", "，\n"} <= texts and "海流。" not in texts and "山" not in texts
+    comma, shan = tokenizer.convert_tokens_to_ids("，"), tokenizer.convert_tokens_to_ids("山")
+    seen = torch.tensor([[shan, comma, shan, comma]])  # both already in the text: both would be penalised
+    scores = torch.full((1, len(tokenizer)), 2.0)
+    spared = PunctuationExemptRepetitionPenalty(1.5, exempt)(seen, scores.clone())
+    plain = LogitsProcessorList([RepetitionPenalty(1.5)])(seen, scores.clone())
+    assert spared[0, comma] == 2.0 and plain[0, comma] == pytest.approx(2.0 / 1.5)  # the line may end
+    assert spared[0, shan] == pytest.approx(2.0 / 1.5) == plain[0, shan].item()  # 山 still discouraged
+    untouched = [i for i in range(len(tokenizer)) if i not in (comma, shan)]
+    assert torch.equal(spared[0, untouched], scores[0, untouched])

@@ -25,7 +25,7 @@ def tokenizer():
 
 
 def _cfg(path: Path | str, **overrides) -> DataConfig:
-    values = {"name": "test", "path": str(path), "eval_size": 2, "author_column": "author"}
+    values = {"path": str(path), "eval_size": 2, "author_column": "author"}
     return DataConfig(**{**values, **overrides})
 
 

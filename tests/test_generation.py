@@ -368,3 +368,12 @@ def test_sampling_config_is_validated():
         run_config(["generation.form='八言'"])
     with pytest.raises(ConfigError, match="generation.rhyme=true needs generation.form"):
         run_config(["generation.rhyme=true"])
+
+
+def test_generate_flags_come_from_the_sampling_settings():
+    args = generate._parser().parse_args(["x", "--title", "t", "--no-penalize-punctuation", "--top-k", "7"])
+    sampling = generate._sampling(SamplingConfig(), args)
+    assert sampling.penalize_punctuation is False and sampling.top_k == 7 and sampling.temperature == 0.8
+    flagged = {action.dest for action in generate._parser()._actions}
+    for name in (f.name for f in dataclasses.fields(SamplingConfig)):
+        assert name in flagged or name in generate._NOT_FLAGS or name == "do_sample", name

@@ -8,6 +8,7 @@ code judges a poem in a training callback, the score command, the studio and the
     prosody      the 平水韵 table, rhyme, 平仄 of regulated verse
     metrics      diversity, copying, hygiene, and score_poems (all of them at once)
     constrained  a transformers logits processor that enforces a form (imported on its own: torch)
+    penalty      a repetition penalty that spares punctuation (imported on its own: torch)
 
 The names most callers need are importable from here: `from poetry_sft import poetry`.
 """
