@@ -47,13 +47,12 @@ _SKIP_DIRS = {artifacts.MODEL_DIR, artifacts.CHECKPOINTS_DIR, ".hydra", "merged"
 # Text that would forge chat structure inside the user message: <|im_end|>, <|im_start|>, <think> ...
 _CONTROL_TEXT = re.compile(r"<\|[^<>]*\|>|</?think>")
 
+# 五言绝句 -> 五绝, 七言律诗 -> 七律: the forms of poetry.FORM_TABLE by their short names
 FORM_CHOICES: dict[str, str | None] = {
     "任意 any": None,
-    "五绝": "五言绝句",
-    "七绝": "七言绝句",
-    "五律": "五言律诗",
-    "七律": "七言律诗",
+    **{name[0] + name[-2]: name for name in poetry.FORMS},
 }
+_SHORT_FORMS = ", ".join(label for label, form in FORM_CHOICES.items() if form)
 SUBJECT_LABELS = {
     PromptStyle.title: "题目 Title",
     PromptStyle.form_theme: "题目 Title",
@@ -513,7 +512,7 @@ def sampling_settings(
     if form is not None:
         form = poetry.check_form_name(form)
     if rhyme and form is None:
-        raise StudioError("押韵 rhyme needs a form: choose 五绝, 七绝, 五律 or 七律, or turn rhyme off")
+        raise StudioError(f"押韵 rhyme needs a form: choose one of {_SHORT_FORMS}, or turn rhyme off")
     if cfg.data.prompt_style is PromptStyle.first_line and form is not None:
         raise StudioError(
             f"this run continues a given first line (data.prompt_style=first_line); a form ({form}) "
@@ -521,7 +520,7 @@ def sampling_settings(
         )
     if cfg.data.prompt_style is PromptStyle.form_theme and form is None:
         raise StudioError(
-            "this run's prompts name the form (data.prompt_style=form_theme): choose 五绝, 七绝, 五律 or 七律"
+            f"this run's prompts name the form (data.prompt_style=form_theme): choose one of {_SHORT_FORMS}"
         )
     if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
         raise StudioError(f"max new tokens {max_new_tokens}: choose 1 to {MAX_NEW_TOKENS}")

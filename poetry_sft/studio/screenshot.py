@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from poetry_sft.errors import ConfigError, command
+from poetry_sft.studio.logic import FORM_CHOICES
 
 MAX_BYTES = 300_000
 
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=Path, help="a runs folder (default: train the demo into a temp folder)"
     )
     parser.add_argument("--title", default="春夜喜雨")
-    parser.add_argument("--form", default="七绝", choices=["五绝", "七绝", "五律", "七律"])
+    parser.add_argument(
+        "--form", default="七绝", choices=[label for label, form in FORM_CHOICES.items() if form]
+    )
     args = parser.parse_args(argv)
     if args.runs is not None:
         shoot(args.runs, args.out, args.title, args.form)
