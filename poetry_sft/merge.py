@@ -29,6 +29,7 @@ from typing import Any
 from poetry_sft import artifacts
 from poetry_sft.config import RunConfig
 from poetry_sft.errors import RunDirError, command
+from poetry_sft.model_card import write_card
 
 MERGED_DIR = "merged"
 CHECK_FILE = "merge_check.json"
@@ -137,7 +138,7 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
             "standalone model; load it with AutoModelForCausalLM.from_pretrained. Only LoRA/QLoRA runs "
             "need merging"
         )
-    merged, tokenizer, _, check = merged_model(run_dir)
+    merged, tokenizer, cfg, check = merged_model(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: an interrupted merge never leaves a half model at `out`.
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
@@ -145,6 +146,7 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         artifacts.write_json(staging / CHECK_FILE, check)
+        write_card(staging, run_dir, cfg, "merged")
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)

