@@ -321,3 +321,60 @@ def test_model_card_names_the_hub_base_model_for_qwen3(tmp_path: Path):
     card = ModelCard.load(write_card(tmp_path, tmp_path, cfg, "adapter"))
     assert card.data.base_model == "Qwen/Qwen3-0.6B" and card.data.datasets == ["larryvrh/Chinese-Poems"]
     assert "metrics.json" not in card.text and "eval loss: n/a" in card.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub upload (stubbed at the huggingface_hub boundary)
+
+
+def test_push_fails_at_once_offline_or_without_a_token(bpe_run: Path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from poetry_sft import push
+
+    assert push.main([str(bpe_run), "--repo", "me/poet"]) == 2  # conftest sets HF_HUB_OFFLINE=1
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda *a, **k: pytest.fail("no upload"))
+    assert push.main([str(bpe_run), "--repo", "me/poet"]) == 2
+    assert "hf auth login" in capsys.readouterr().err
+
+
+def test_push_uploads_the_folder_and_its_card_and_never_prints_the_token(
+    bpe_run: Path, tmp_path: Path, monkeypatch, capsys
+):
+    import huggingface_hub
+
+    from poetry_sft import push
+
+    sent: dict = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        sent["repo"], sent["private"] = repo_id, kwargs.get("private")
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        sent["files"] = sorted(p.name for p in folder.iterdir())
+        sent["card"] = (folder / "README.md").read_text(encoding="utf-8")
+        sent["token"] = self.token
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_secret123")
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert push.main([str(bpe_run), "--repo", "me/poet", "--private"]) == 0
+    out = capsys.readouterr()
+    assert "hf_secret123" not in out.out + out.err and "https://huggingface.co/me/poet" in out.out
+    assert sent["repo"] == "me/poet" and sent["private"] is True and sent["token"] == "hf_secret123"
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "README.md"} <= set(
+        sent["files"]
+    )
+    assert 'from_pretrained("me/poet")' in sent["card"] and sent["card"].startswith("---\n")
+
+    export.export_run(bpe_run, quant="q8_0")
+    assert push.main([str(bpe_run), "--repo", "me/poet-gguf", "--what", "gguf"]) == 0
+    assert any(name.endswith("q8_0.gguf") for name in sent["files"]) and "Modelfile" in sent["files"]
+    assert push.main([str(bpe_run), "--repo", "me/x", "--what", "merged"]) == 2
+    assert "python -m poetry_sft.merge" in capsys.readouterr().err
