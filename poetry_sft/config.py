@@ -77,6 +77,13 @@ class Vocabulary(_Choice):
     qwen_small = "qwen_small"
 
 
+class ModelHub(_Choice):
+    """Where a Hub id in model.name_or_path is downloaded from."""
+
+    hf = "hf"  # the Hugging Face Hub (or the mirror HF_ENDPOINT names, e.g. https://hf-mirror.com)
+    modelscope = "modelscope"  # ModelScope (modelscope.cn), reachable from mainland China; needs [modelscope]
+
+
 @dataclass
 class RandomInitSpec:
     """A Qwen3-architecture model with random weights, built and cached locally (never downloaded)."""
@@ -99,6 +106,7 @@ class ModelConfig:
     name: str = MISSING  # short name, used in run directory names
     name_or_path: str = MISSING  # Hub id or local directory with config.json + weights + tokenizer
     revision: str | None = None
+    hub: ModelHub = ModelHub.hf  # modelscope: download name_or_path from ModelScope (README "Mainland China")
     attn_implementation: str = "sdpa"
     random_init: RandomInitSpec | None = None  # set: build this model locally instead of loading name_or_path
 
