@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo plan test test-slow lint train-full train-lora train-qlora sweep sweep-report studio
+.PHONY: help install demo plan test test-slow lint train-full train-lora train-qlora sweep sweep-report studio export
 
 help: ## show this list
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ sweep-report: ## rebuild a sweep's summary (csv, md, png): make sweep-report SWE
 
 studio: ## the 诗坊 Poem studio on http://127.0.0.1:7860 (needs .[studio]): make studio RUNS=runs PORT=7860
 	$(PY) -m poetry_sft.studio --runs $(or $(RUNS),runs) --port $(or $(PORT),7860) $(ARGS)
+
+export: ## GGUF + Ollama Modelfile of a finished run: make export RUN=runs/<run> [QUANT=q8_0] (needs .[export])
+	$(PY) -m poetry_sft.export $(RUN) --quant $(or $(QUANT),f16) $(ARGS)
 
 plan: ## print the memory plan of a run without training: make plan ARGS="method=full hardware=4gb"
 	$(PY) -m poetry_sft.plan $(ARGS)

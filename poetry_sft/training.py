@@ -237,6 +237,9 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         from poetry_sft.report import write_report
 
         write_report(run_dir)
+    from poetry_sft.model_card import write_run_card
+
+    write_run_card(run_dir, cfg)  # README.md model card, after the report it quotes
     if cfg.generation.showcase:
         from poetry_sft.showcase import showcase
 
