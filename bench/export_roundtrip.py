@@ -51,10 +51,10 @@ def measure(run_dir: Path, root: Path) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from poetry_sft.data import generation_prompt
     from poetry_sft.export import QUANTS, export_run
     from poetry_sft.generate import generate_poems
     from poetry_sft.merge import merged_model
+    from poetry_sft.prompts import generation_prompt
 
     model, tokenizer, cfg, _ = merged_model(run_dir, compare=False)
     greedy = dataclasses.replace(cfg.generation, do_sample=False, max_new_tokens=40, form=None)

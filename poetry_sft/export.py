@@ -325,7 +325,7 @@ def modelfile(gguf_name: str, cfg: RunConfig) -> str:
 
 
 def example_prompt(cfg: RunConfig) -> str:
-    from poetry_sft.data import PROMPT_SUBJECT, prompt_template
+    from poetry_sft.prompts import PROMPT_SUBJECT, prompt_template
 
     subject = {"title": "春夜喜雨", "first_line": "好雨知时节，", "keywords": "明月、孤舟"}
     fields = {PROMPT_SUBJECT[cfg.data.prompt_style]: subject[PROMPT_SUBJECT[cfg.data.prompt_style]]}

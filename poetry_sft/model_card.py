@@ -142,7 +142,7 @@ def _adapter(cfg: RunConfig) -> str:
 
 
 def _example_prompt(cfg: RunConfig) -> str:
-    from poetry_sft.data import PROMPT_SUBJECT, prompt_template
+    from poetry_sft.prompts import PROMPT_SUBJECT, prompt_template
 
     subjects = {"title": "春夜喜雨", "first_line": "好雨知时节，", "keywords": "明月、孤舟"}
     subject = PROMPT_SUBJECT[cfg.data.prompt_style]

