@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from poetry_sft.artifacts import staged_directory
 from poetry_sft.config import DataConfig, PromptStyle
+from poetry_sft.datafiles import check_data_file, unreadable
 from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError
 from poetry_sft.metrics import OTHER_FORM, classify_form, line_lengths, split_lines
 from poetry_sft.paths import IMAGERY_WORDS, SAMPLE_POEMS, cache_dir
@@ -252,7 +253,12 @@ def _load_raw(cfg: DataConfig, files: list[Path] | None) -> Dataset:
     from datasets import load_dataset
 
     if files is not None:
-        return load_dataset(_BUILDERS[files[0].suffix], data_files=[str(p) for p in files], split="train")
+        for path in files:  # an empty, non-UTF-8, cut-off or malformed file: named, with the fix
+            check_data_file(path)
+        try:
+            return load_dataset(_BUILDERS[files[0].suffix], data_files=[str(p) for p in files], split="train")
+        except Exception as err:  # what the checks cannot see (mixed column types, a damaged row group)
+            raise unreadable(files, err) from err
     try:
         return load_dataset(cfg.path, split=cfg.split)
     except Exception as err:  # the Hub raises a dozen types for "not reachable" / "no such data set"

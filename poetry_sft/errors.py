@@ -21,6 +21,10 @@ class RunDirError(PoetrySFTError):
     """The run directory cannot be used (it holds a finished run, or is not a run)."""
 
 
+class DataFileError(PoetrySFTError):
+    """A data file cannot be read: empty, not UTF-8, cut off, or a malformed line (datafiles.py)."""
+
+
 class ResourceNotFoundError(PoetrySFTError):
     """A model, tokenizer or data set could not be loaded (offline, unknown id, missing file)."""
 
