@@ -25,6 +25,10 @@ class DataFileError(PoetrySFTError):
     """A data file cannot be read: empty, not UTF-8, cut off, or a malformed line (datafiles.py)."""
 
 
+class DiskFullError(PoetrySFTError):
+    """The disk filled up while a run saved a checkpoint or its model."""
+
+
 class ResourceNotFoundError(PoetrySFTError):
     """A model, tokenizer or data set could not be loaded (offline, unknown id, missing file)."""
 
