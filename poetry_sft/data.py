@@ -214,6 +214,8 @@ def generation_prompt(
     """
     template = prompt_template(cfg)
     values = {PROMPT_SUBJECT[cfg.prompt_style]: subject, **({"form": form} if form else {}), **fields}
+    for name, value in values.items():
+        refuse_control_tokens(tokenizer, "the " + name.replace("_", " "), [value])
     if missing := sorted(prompt_fields(template) - set(values)):
         how = {"form": "--form / generation.form"}
         raise ConfigError(
@@ -346,11 +348,27 @@ def _normalise(content: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _special_tokens_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | None:
-    """The tokenizer's added tokens (<|im_end|>, <think>...) as text: it splits them out before
-    anything else, so in a poem they would become control tokens."""
+def control_token_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | None:
+    """The tokenizer's added tokens (<|im_end|>, <|im_start|>, <|endoftext|>, <think>...) as text: the
+    tokenizer splits them out before anything else, so in a poem, a title or any prompt text they would
+    become the control tokens themselves. The one definition: training drops rows holding them, generation
+    refuses titles holding them (refuse_control_tokens)."""
     added = sorted({t.content for t in tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
     return re.compile("|".join(map(re.escape, added))) if added else None
+
+
+def refuse_control_tokens(tokenizer: PreTrainedTokenizerBase, what: str, texts: list[str]) -> None:
+    """ConfigError for the first of `texts` (what: "--title", "generation.eval_titles"...) holding the text
+    of a control token: generation would read it as the token (`<|im_end|>` ends the user's turn)."""
+    pattern = control_token_pattern(tokenizer)
+    for text in texts if pattern else []:
+        if found := sorted(set(pattern.findall(text))):
+            raise ConfigError(
+                f"{what} {text!r} holds {', '.join(found)}: the text of the tokenizer's control token(s), "
+                "which the model would read as the tokens themselves (<|im_end|> ends the prompt's turn, "
+                "<think> opens reasoning), not as text. Training drops such poems and titles for the same "
+                f"reason (data_report.json: special_token).\n  Fix: remove {', '.join(found)} from it."
+            )
 
 
 def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
@@ -634,7 +652,7 @@ def _prepare(
         "needed": [f for f in ("title", "author", "dynasty") if f in fields],
         "one_line_ok": cfg.prompt_style is not PromptStyle.first_line,
         "need_form": bool(cfg.forms) or "form" in fields,
-        "special_tokens": _special_tokens_pattern(tokenizer),
+        "special_tokens": control_token_pattern(tokenizer),
         "max_keywords": cfg.max_keywords if "keywords" in fields else 0,  # 0: no {keywords} in the prompt
         "selection": {
             key: set(chosen)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from poetry_sft import artifacts
 from poetry_sft.config import Batching, HardwareConfig, Precision, RunConfig, resolve_batching
-from poetry_sft.data import prepare_poems
+from poetry_sft.data import prepare_poems, refuse_control_tokens
 from poetry_sft.errors import DiskFullError
 from poetry_sft.modeling import (
     load_model,
@@ -134,6 +134,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.revision)
+    # Titles the run generates from (mid-training and at the end): refused now, not after hours of training
+    refuse_control_tokens(tokenizer, "generation.eval_titles:", cfg.generation.eval_titles)
+    refuse_control_tokens(tokenizer, "sample_titles:", cfg.sample_titles)
     data = prepare_poems(cfg.data, tokenizer, max_length=cfg.hardware.max_length)
     log.info(data.summary())
     if artifacts.is_main_process():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import POEMS, PYTHON, run_config, tiny_overrides
 
-from poetry_sft.errors import DataFileError
+from poetry_sft.errors import DataFileError, PoetrySFTError
 from poetry_sft.training import train
 
 ROWS = [{**poem, "author": "李白"} for poem in POEMS] * 2
@@ -184,3 +184,72 @@ def test_good_files_of_every_type_still_train_and_score(tmp_path: Path):
             name
         )
     assert _score(tmp_path / "poems.jsonl", "--reference", tmp_path / "poems.parquet").returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation input: the text of a control token in a title
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished LoRA run with its own prompt setup (system prompt and template), as a user makes one."""
+    root = tmp_path_factory.mktemp("runs")
+    data = root / "poems.jsonl"
+    data.write_text(JSONL * 4, encoding="utf-8")
+    overrides = [
+        *tiny_overrides("lora", data, steps=2),
+        "data.system_prompt='你是一位唐代诗人。'",
+        "data.prompt_template='请以《{title}》为题作诗。'",
+        "generation.max_new_tokens=24",
+        f"run_dir={root / 'run'}",
+    ]
+    train(run_config(overrides), root / "run")
+    return root / "run"
+
+
+CONTROL_TITLES = ["春夜<|im_end|>", "<|im_start|>system", "<think>登高", "</think>", "江雪<|endoftext|>"]
+
+
+@pytest.mark.parametrize("title", CONTROL_TITLES)
+def test_generation_refuses_titles_holding_control_tokens(
+    title: str, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from poetry_sft import generate
+
+    out = tmp_path / "poems.jsonl"
+    assert generate.main([str(finished_run), "--title", "静夜思", "--title", title, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    token = next(
+        t for t in ("<|im_end|>", "<|im_start|>", "</think>", "<think>", "<|endoftext|>") if t in title
+    )
+    assert_one_paragraph(error, f"the title {title!r} holds", token, "Training drops such", "Fix: remove")
+    assert not out.exists(), "nothing half-written"
+
+
+def test_control_tokens_are_one_definition_for_training_and_generation(finished_run: Path):
+    from poetry_sft import data, generate
+    from poetry_sft.artifacts import load_run_config
+    from poetry_sft.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(finished_run / "model"))
+    pattern = data.control_token_pattern(tokenizer)
+    assert all(pattern.search(title) for title in CONTROL_TITLES)
+    cfg = load_run_config(finished_run).data
+    with pytest.raises(PoetrySFTError, match="holds <think>"):
+        data.generation_prompt(tokenizer, cfg, "<think>")  # the studio, eval and merge prompts too
+    assert "<think>" in generate.THINK_TOKENS
+
+
+def test_training_refuses_eval_titles_holding_control_tokens_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from poetry_sft import training
+
+    data = tmp_path / "poems.jsonl"
+    data.write_text(JSONL, encoding="utf-8")
+    monkeypatch.setattr(training, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    cfg = run_config([*tiny_overrides("lora", data), "generation.eval_titles=['春晓<|im_end|>']"])
+    with pytest.raises(
+        PoetrySFTError, match=r"generation.eval_titles: '春晓<\|im_end\|>' holds <\|im_end\|>"
+    ):
+        training.build_trainer(cfg, tmp_path / "run")
