@@ -37,6 +37,8 @@ LOG_HISTORY_FILE = "log_history.json"  # Trainer's log history: losses, eval sco
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 ERROR_FILE = "error.json"
+# The run's config inside a model directory made from it (merge): generate --model DIR prompts as the run did
+RUN_CONFIG_IN_MODEL = "poetry_sft_run.yaml"
 # What Trainer writes into checkpoint-N; trainer_state.json comes last (Trainer._save_checkpoint).
 TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
@@ -222,6 +224,11 @@ def load_run_config(run_dir: Path) -> RunConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a poetry_sft run directory: {CONFIG_FILE} is missing")
+    return read_run_config(path)
+
+
+def read_run_config(path: Path) -> RunConfig:
+    """A saved RunConfig: a run's config.yaml, or the RUN_CONFIG_IN_MODEL copy a merged model carries."""
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
     cfg = OmegaConf.to_object(merged)
     assert isinstance(cfg, RunConfig)

@@ -340,8 +340,12 @@ def _load(
     if args.run_dir is None:
         if not args.model:
             raise ConfigError("give a run directory (runs/...) or --model NAME_OR_PATH")
-        # No run: the schema's default prompt, the one runs train on unless data.prompt_template is changed.
-        data_cfg, sampling = DataConfig(name="default", path="none"), SamplingConfig()
+        saved = Path(args.model) / artifacts.RUN_CONFIG_IN_MODEL  # a merged run: prompt as it trained
+        if saved.is_file():
+            cfg = artifacts.read_run_config(saved)
+            data_cfg, sampling = cfg.data, cfg.generation
+        else:  # no run: the schema's default prompt, what runs train on unless data.prompt_template is set
+            data_cfg, sampling = DataConfig(name="default", path="none"), SamplingConfig()
         return load_model_dir(args.model), load_tokenizer(args.model), data_cfg, sampling
     if args.model:
         cfg = artifacts.load_run_config(args.run_dir)

@@ -253,3 +253,45 @@ def test_training_refuses_eval_titles_holding_control_tokens_before_the_model_lo
         PoetrySFTError, match=r"generation.eval_titles: '春晓<\|im_end\|>' holds <\|im_end\|>"
     ):
         training.build_trainer(cfg, tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------
+# merge: the printed follow-up command keeps the run's prompt setup
+
+
+def test_the_command_merge_prints_generates_with_the_runs_prompt(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    import shlex
+
+    from poetry_sft import generate, merge
+    from poetry_sft.artifacts import load_run_config
+
+    out = tmp_path / "my merged"  # a space: the printed command must quote it
+    assert merge.main([str(finished_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    command = next(line.strip() for line in printed.splitlines() if "poetry_sft.generate" in line)
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "poetry_sft.generate"] and "--model" in argv
+
+    used: list = []
+    real = generate.generate_poems
+    monkeypatch.setattr(generate, "generate_poems", lambda *a, **k: used.append(a[3]) or real(*a, **k))
+    greedy = ["--greedy", "--max-new-tokens", "16"]
+    assert generate.main([*argv[3:], *greedy, "--out", str(tmp_path / "merged.jsonl")]) == 0
+    assert (
+        generate.main(
+            [str(finished_run), "--title", "春夜喜雨", *greedy, "--out", str(tmp_path / "run.jsonl")]
+        )
+        == 0
+    )
+    run_cfg = load_run_config(finished_run)
+    assert used[0] == used[1] == run_cfg.data  # system prompt and template as the run trained
+    assert (used[0].system_prompt, used[0].prompt_template) == (
+        "你是一位唐代诗人。",
+        "请以《{title}》为题作诗。",
+    )
+    poems = [
+        json.loads((tmp_path / f"{name}.jsonl").read_text(encoding="utf-8")) for name in ("merged", "run")
+    ]
+    assert poems[0]["content"] == poems[1]["content"], "the merged model writes what the run writes"
