@@ -42,22 +42,23 @@ def check_data_file(path: Path) -> None:
             pass
 
 
-def read_text(path: Path) -> str:
-    """The file as text (UTF-8, with or without a BOM). Refuses an empty file, one of blank lines only,
-    and other encodings, naming GBK/GB18030 and UTF-16 with the command that converts them."""
+def read_text(path: Path, what: str = "poems") -> str:
+    """The file as text (UTF-8, with or without a BOM). Refuses an empty file, one of blank lines only
+    (no `what` in it), and other encodings, naming GBK/GB18030 and UTF-16 with the command that converts
+    them."""
     if not path.is_file():
         raise DataFileError(f"file not found: {path}")
     data = path.read_bytes()
     if not data:
         raise DataFileError(
-            f"no poems in {path}: the file is empty (0 bytes), probably not saved or copied completely.\n"
-            "  Fix: write the poems into it again (or copy it again), or use another file."
+            f"no {what} in {path}: the file is empty (0 bytes), probably not saved or copied completely.\n"
+            f"  Fix: write the {what} into it again (or copy it again), or use another file."
         )
     text = _decode(path, data)
     if not text.strip():
         raise DataFileError(
-            f"no poems in {path}: it holds only blank lines ({len(data):,} bytes of whitespace).\n"
-            "  Fix: write the poems into it again (or copy it again), or use another file."
+            f"no {what} in {path}: it holds only blank lines ({len(data):,} bytes of whitespace).\n"
+            f"  Fix: write the {what} into it again (or copy it again), or use another file."
         )
     return text
 

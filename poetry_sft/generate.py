@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poetry_sft import artifacts
+from poetry_sft import artifacts, datafiles
 from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig, sampling_problems
 from poetry_sft.data import generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError, command
@@ -262,18 +262,19 @@ def sample_finished_run(run_dir: Path, titles: list[str]) -> list[dict[str, obje
 
 
 def read_titles(path: Path) -> list[str]:
-    """Titles from a text file (one per line; blank lines and # comments skipped) or .jsonl (`title`)."""
+    """Titles from a text file (one per line; blank lines and # comments skipped) or .jsonl (`title`).
+    An empty, blank or non-UTF-8 file and a broken JSON line are named with the fix (datafiles.py)."""
     if not path.is_file():
         raise ConfigError(f"--titles-file {path}: no such file")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    text = datafiles.read_text(path, what="titles")
     if path.suffix != ".jsonl":
+        lines = (line.strip() for line in text.splitlines())
         return [line for line in lines if line and not line.startswith("#")]
     titles = []
-    for number, line in enumerate(lines, 1):
-        record = json.loads(line) if line else {}
-        if line and not isinstance(record.get("title"), str):
+    for number, record in datafiles.json_lines(path, text):
+        if not isinstance(record.get("title"), str):
             raise ConfigError(f'{path}:{number}: each line must be an object with a "title" string')
-        titles += [record["title"]] if line else []
+        titles.append(record["title"])
     return titles
 
 

@@ -7,8 +7,10 @@ through `python -m poetry_sft`, and all of them there under -m slow) and through
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -295,3 +297,210 @@ def test_the_command_merge_prints_generates_with_the_runs_prompt(
         json.loads((tmp_path / f"{name}.jsonl").read_text(encoding="utf-8")) for name in ("merged", "run")
     ]
     assert poems[0]["content"] == poems[1]["content"], "the merged model writes what the run writes"
+
+
+# ---------------------------------------------------------------------------------------------
+# The matrix: one row per bad input, each through the command (or the function a command wraps) a user
+# runs. A row sets the case up and returns (run it -> (exit code, stderr), files that must not change,
+# what the message must say).
+
+Row = tuple[Callable[[], tuple[int, str]], list[Path], list[str]]
+
+
+def _training(overrides: list[str], run_dir: Path) -> Callable[[], tuple[int, str]]:
+    """train() as `python -m poetry_sft` runs it: a PoetrySFTError is exit code 2 and its message."""
+
+    def run() -> tuple[int, str]:
+        try:
+            train(run_config([*overrides, f"run_dir={run_dir}"]), run_dir)
+        except PoetrySFTError as err:
+            return 2, f"poetry_sft: error: {err}"
+        return 0, ""
+
+    return run
+
+
+def _main(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]):
+    def run() -> tuple[int, str]:
+        code = main(argv)
+        err = capsys.readouterr().err
+        start = re.search(r"(?m)^error: ", err)  # after the progress bars of loading the model
+        return code, err[start.start() :] if start else err
+
+    return run
+
+
+def _data_row(case: str, tmp_path: Path, run: Path, capsys) -> Row:
+    path, _, expected = _bad_file(tmp_path, case)
+    return _training(tiny_overrides("lora", path), tmp_path / "run"), [path], expected
+
+
+def _score_row(case: str, tmp_path: Path, run: Path, capsys) -> Row:
+    from poetry_sft import score
+
+    path, _, expected = _bad_file(tmp_path, case)
+    return _main(score.main, [str(path)], capsys), [path], expected
+
+
+def _fake_checkpoint(run_dir: Path, step: int = 2) -> Path:
+    from safetensors.torch import save
+    from torch import zeros
+
+    path = run_dir / "checkpoints" / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "adapter_model.safetensors").write_bytes(save({"lora_A": zeros(2, 2)}))
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return path / "adapter_model.safetensors"
+
+
+def _checkpoints_not_ours(tmp_path: Path, run: Path, capsys) -> Row:
+    data = tmp_path / "poems.jsonl"
+    data.write_text(JSONL, encoding="utf-8")
+    weights = _fake_checkpoint(tmp_path / "run")
+    return _training(tiny_overrides("lora", data), tmp_path / "run"), [weights], ["not written by poetry_sft"]
+
+
+def _resume_with_another_config(tmp_path: Path, run: Path, capsys) -> Row:
+    from poetry_sft.artifacts import save_run_config
+
+    data = tmp_path / "poems.jsonl"
+    data.write_text(JSONL, encoding="utf-8")
+    save_run_config(
+        run_config([*tiny_overrides("lora", data), f"run_dir={tmp_path / 'run'}"]), tmp_path / "run"
+    )
+    weights = _fake_checkpoint(tmp_path / "run")
+    changed = [*tiny_overrides("lora", data), "method.learning_rate=1e-3"]
+    expected = ["different config (method.learning_rate: 0.0002 -> 0.001)", "Fix:"]
+    return _training(changed, tmp_path / "run"), [weights, tmp_path / "run" / "config.yaml"], expected
+
+
+def _retrain_a_finished_run(tmp_path: Path, run: Path, capsys) -> Row:
+    from poetry_sft.artifacts import load_run_config
+
+    cfg = load_run_config(run)
+    overrides = [*tiny_overrides("lora", Path(cfg.data.path), steps=2)]
+    overrides += [
+        "data.system_prompt='你是一位唐代诗人。'",
+        "data.prompt_template='请以《{title}》为题作诗。'",
+    ]
+    overrides.append("generation.max_new_tokens=24")
+    kept = [run / "metrics.json", run / "model" / "adapter_model.safetensors", run / "config.yaml"]
+    return _training(overrides, run), kept, ["already holds a finished run", "never overwritten", "Fix:"]
+
+
+def _generate_row(args: list[str], expected: list[str], files: dict[str, bytes] | None = None):
+    def row(tmp_path: Path, run: Path, capsys) -> Row:
+        from poetry_sft import generate
+
+        written = []
+        for name, content in (files or {}).items():
+            (tmp_path / name).write_bytes(content)
+            written.append(tmp_path / name)
+        argv = [str(run), *(a.replace("TMP", str(tmp_path)) for a in args)]
+        return _main(generate.main, argv, capsys), written, expected
+
+    return row
+
+
+def _merge_full_run(tmp_path: Path, run: Path, capsys) -> Row:
+    from poetry_sft import merge
+
+    full = tmp_path / "full"
+    (full / "model").mkdir(parents=True)
+    (full / "model" / "config.json").write_text("{}")
+    (full / "config.yaml").write_bytes((run / "config.yaml").read_bytes())
+    return (
+        _main(merge.main, [str(full)], capsys),
+        [full / "model" / "config.json"],
+        ["already is a standalone model"],
+    )
+
+
+def _merge_into_users_folder(tmp_path: Path, run: Path, capsys) -> Row:
+    from poetry_sft import merge
+
+    mine = tmp_path / "mine" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("my notes", encoding="utf-8")
+    argv = [str(run), "--out", str(mine.parent)]
+    return _main(merge.main, argv, capsys), [mine], ["exists and is not empty", "never overwritten", "Fix:"]
+
+
+def _merge_not_a_run(tmp_path: Path, run: Path, capsys) -> Row:
+    from poetry_sft import merge
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"\xff\xd8")
+    return _main(merge.main, [str(folder)], capsys), [folder / "a.jpg"], ["has no saved adapter"]
+
+
+def _sweep_whose_jobs_fail(tmp_path: Path, run: Path, capsys) -> Row:
+    data = tmp_path / "poems.jsonl"
+    data.write_text(JSONL, encoding="utf-8")
+    sweep = tmp_path / "sweep"
+    command = [PYTHON, "-m", "poetry_sft", "-m", *tiny_overrides("lora", data), "method.learning_rate=-1,-2"]
+    command.append(f"hydra.sweep.dir={sweep}")
+
+    def run() -> tuple[int, str]:
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert (sweep / "summary.md").is_file(), "the summary is written before the sweep fails"
+        return result.returncode, result.stderr[result.stderr.index("poetry_sft: error:") :]
+
+    return run, [data], ["2 of 2 sweep jobs failed", "must be a positive number", "Fix:"]
+
+
+MATRIX: dict[str, Callable[..., Row]] = {
+    **{
+        f"train:{case}": functools.partial(_data_row, case)
+        for case in ("empty", "gbk", "broken_jsonl_line", "truncated_parquet", "csv_cut_mid_record")
+    },
+    **{
+        f"score:{case}": functools.partial(_score_row, case)
+        for case in ("blank_lines", "utf16", "cut_mid_character")
+    },
+    "checkpoints:not_written_by_poetry_sft": _checkpoints_not_ours,
+    "checkpoints:resume_with_another_config": _resume_with_another_config,
+    "run_dir:retrain_a_finished_run": _retrain_a_finished_run,
+    "generate:title_with_im_end": _generate_row(["--title", "春夜<|im_end|>"], ["holds <|im_end|>", "Fix:"]),
+    "generate:titles_file_gbk": _generate_row(
+        ["--titles-file", "TMP/titles.txt"],
+        ["GBK/GB18030", "iconv"],
+        {"titles.txt": "春夜喜雨\n登高\n".encode("gbk")},
+    ),
+    "generate:titles_file_broken_line": _generate_row(
+        ["--titles-file", "TMP/titles.jsonl"],
+        ["titles.jsonl:2: not valid JSON", "repair or delete line 2"],
+        {"titles.jsonl": '{"title": "登高"}\n{"title": "春\n'.encode()},
+    ),
+    "generate:titles_file_with_think": _generate_row(
+        ["--titles-file", "TMP/titles.txt"],
+        ["holds <think>", "Fix:"],
+        {"titles.txt": "登高\n<think>春晓\n".encode()},
+    ),
+    "generate:out_exists": _generate_row(
+        ["--title", "登高", "--out", "TMP/mine.jsonl"],
+        ["never overwritten"],
+        {"mine.jsonl": b'{"mine": 1}\n'},
+    ),
+    "merge:a_full_run": _merge_full_run,
+    "merge:into_the_users_folder": _merge_into_users_folder,
+    "merge:not_a_run": _merge_not_a_run,
+    "sweep:jobs_failed": _sweep_whose_jobs_fail,
+}
+
+
+@pytest.mark.parametrize("case", MATRIX)
+def test_bad_input_matrix(case: str, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    run, protected, expected = MATRIX[case](tmp_path, finished_run, capsys)
+    before = {path: _digest(path) for path in protected}
+    code, error = run()
+    assert code != 0
+    assert error.startswith(("poetry_sft: error: ", "error: ")), error
+    assert_one_paragraph(error, *expected)
+    assert {path: _digest(path) for path in protected} == before, "nothing of the user's is changed"
+
+
+def test_the_matrix_is_broad():
+    kinds = {case.split(":")[0] for case in MATRIX}
+    assert len(MATRIX) >= 15 and {"train", "score", "checkpoints", "generate", "merge", "sweep"} <= kinds
