@@ -357,12 +357,18 @@ def control_token_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | No
     return re.compile("|".join(map(re.escape, added))) if added else None
 
 
+# The chat template's control-token forms, whatever the tokenizer: <|im_end|>, <|im_start|>, <think>... Text
+# like this in a prompt would end or forge a chat turn (the studio checks what users type against it).
+CHAT_CONTROL_TEXT = re.compile(r"<\|[^<>]*\|>|</?think>")
+
+
 def refuse_control_tokens(tokenizer: PreTrainedTokenizerBase, what: str, texts: list[str]) -> None:
     """ConfigError for the first of `texts` (what: "--title", "generation.eval_titles"...) holding the text
     of a control token: generation would read it as the token (`<|im_end|>` ends the user's turn)."""
     pattern = control_token_pattern(tokenizer)
-    for text in texts if pattern else []:
-        if found := sorted(set(pattern.findall(text))):
+    for text in texts:
+        found = set(pattern.findall(text)) if pattern else set()
+        if found := sorted(found | set(CHAT_CONTROL_TEXT.findall(text))):
             raise ConfigError(
                 f"{what} {text!r} holds {', '.join(found)}: the text of the tokenizer's control token(s), "
                 "which the model would read as the tokens themselves (<|im_end|> ends the prompt's turn, "

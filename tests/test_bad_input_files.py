@@ -240,6 +240,11 @@ def test_control_tokens_are_one_definition_for_training_and_generation(finished_
     with pytest.raises(PoetrySFTError, match="holds <think>"):
         data.generation_prompt(tokenizer, cfg, "<think>")  # the studio, eval and merge prompts too
     assert "<think>" in generate.THINK_TOKENS
+    with pytest.raises(PoetrySFTError, match="holds <tool_call>"):  # the tokenizer's own added tokens count
+        data.generation_prompt(tokenizer, cfg, "<tool_call>登高")
+    from poetry_sft.studio import logic
+
+    assert logic.CHAT_CONTROL_TEXT is data.CHAT_CONTROL_TEXT, "the studio checks typed titles with it"
 
 
 def test_training_refuses_eval_titles_holding_control_tokens_before_the_model_loads(
