@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from poetry_sft.artifacts import staged_directory
 from poetry_sft.config import DataConfig, PromptStyle
 from poetry_sft.datafiles import check_data_file, unreadable
-from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError
+from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError, is_disk_full
 from poetry_sft.metrics import OTHER_FORM, classify_form, line_lengths, split_lines
 from poetry_sft.paths import IMAGERY_WORDS, SAMPLE_POEMS, cache_dir
 
@@ -637,7 +637,12 @@ def prepare_poems(
     prepared = _prepare(cfg, tokenizer, max_length, raw)
     prepared.report["seconds"] = {"load": round(load_seconds, 2), **prepared.report["seconds"]}
     if use_cache:
-        _save(prepared, target)
+        try:
+            _save(prepared, target)
+        except Exception as err:  # the cache only saves time: a full disk there need not stop the run
+            if not is_disk_full(err):
+                raise
+            log.warning("no space left to cache the prepared data in %s: going on without the cache", target)
     return prepared
 
 

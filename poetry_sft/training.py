@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import shutil
 import sys
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from poetry_sft import artifacts
 from poetry_sft.config import Batching, HardwareConfig, Precision, RunConfig, resolve_batching
 from poetry_sft.data import prepare_poems, refuse_control_tokens
-from poetry_sft.errors import DiskFullError
+from poetry_sft.errors import DiskFullError, is_disk_full
 from poetry_sft.modeling import (
     load_model,
     load_tokenizer,
@@ -290,21 +289,6 @@ def _warn_about_damaged_checkpoints(run_dir: Path, resumed: Path | None) -> None
             why,
             run_dir / artifacts.CHECKPOINTS_DIR,
         )
-
-
-# How a full disk shows: OSError ENOSPC/EDQUOT from Python, or the text of safetensors' Rust IoError
-_DISK_FULL = ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded", "QuotaExceeded")
-
-
-def is_disk_full(err: BaseException) -> bool:
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(marker in str(seen) for marker in _DISK_FULL):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 @contextmanager

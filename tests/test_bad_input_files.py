@@ -509,3 +509,25 @@ def test_bad_input_matrix(case: str, finished_run: Path, tmp_path: Path, capsys:
 def test_the_matrix_is_broad():
     kinds = {case.split(":")[0] for case in MATRIX}
     assert len(MATRIX) >= 15 and {"train", "score", "checkpoints", "generate", "merge", "sweep"} <= kinds
+
+
+def test_a_full_disk_for_the_data_cache_does_not_stop_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    import errno
+    import logging
+
+    from poetry_sft import data
+    from poetry_sft.config import Vocabulary
+    from poetry_sft.random_model import build_tokenizer
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    path = tmp_path / "poems.jsonl"
+    path.write_text(JSONL, encoding="utf-8")
+    monkeypatch.setattr(data, "_save", disk_full)
+    cfg = run_config([*tiny_overrides("lora", path), "data.eval_size=2"]).data
+    with caplog.at_level(logging.WARNING):
+        prepared = data.prepare_poems(cfg, build_tokenizer(Vocabulary.chars), max_length=96)
+    assert len(prepared.train) == len(ROWS) - 2 and "going on without the cache" in caplog.text

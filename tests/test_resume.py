@@ -169,7 +169,7 @@ def test_disk_full_saving_the_model_resumes_from_the_final_checkpoint(
 
 
 def test_safetensors_errors_of_a_full_disk_are_recognised():
-    from poetry_sft.training import is_disk_full
+    from poetry_sft.errors import is_disk_full
 
     rust = Exception(
         'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No sp..." })'
