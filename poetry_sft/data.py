@@ -362,10 +362,11 @@ def control_token_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | No
 CHAT_CONTROL_TEXT = re.compile(r"<\|[^<>]*\|>|</?think>")
 
 
-def refuse_control_tokens(tokenizer: PreTrainedTokenizerBase, what: str, texts: list[str]) -> None:
+def refuse_control_tokens(tokenizer: PreTrainedTokenizerBase | None, what: str, texts: list[str]) -> None:
     """ConfigError for the first of `texts` (what: "--title", "generation.eval_titles"...) holding the text
-    of a control token: generation would read it as the token (`<|im_end|>` ends the user's turn)."""
-    pattern = control_token_pattern(tokenizer)
+    of a control token: generation would read it as the token (`<|im_end|>` ends the user's turn). Without
+    a tokenizer (before one is loaded) the chat template's forms only (CHAT_CONTROL_TEXT)."""
+    pattern = control_token_pattern(tokenizer) if tokenizer is not None else None
     for text in texts:
         found = set(pattern.findall(text)) if pattern else set()
         if found := sorted(found | set(CHAT_CONTROL_TEXT.findall(text))):

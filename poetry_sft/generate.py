@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from poetry_sft import artifacts, datafiles
 from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig, sampling_problems
-from poetry_sft.data import generation_prompt
+from poetry_sft.data import generation_prompt, refuse_control_tokens
 from poetry_sft.errors import ConfigError, RunDirError, command
 from poetry_sft.metrics import FORMS
 from poetry_sft.modeling import load_tokenizer, resolve_model_path, resolve_precision
@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--per-title {args.per_title} must be at least 1")
     if args.out and args.out.exists():
         raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
+    refuse_control_tokens(None, "the title", titles)  # before the model loads; generation_prompt checks again
     model, tokenizer, data_cfg, sampling = _load(args)
     sampling = _sampling(sampling, args)
     repeated = [title for title in titles for _ in range(args.per_title)]

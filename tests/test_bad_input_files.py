@@ -214,11 +214,16 @@ CONTROL_TITLES = ["春夜<|im_end|>", "<|im_start|>system", "<think>登高", "</
 
 @pytest.mark.parametrize("title", CONTROL_TITLES)
 def test_generation_refuses_titles_holding_control_tokens(
-    title: str, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    title: str,
+    finished_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ):
     from poetry_sft import generate
 
     out = tmp_path / "poems.jsonl"
+    monkeypatch.setattr(generate, "load_run", lambda *a, **k: pytest.fail("refused before the model loads"))
     assert generate.main([str(finished_run), "--title", "静夜思", "--title", title, "--out", str(out)]) == 2
     error = capsys.readouterr().err
     token = next(
