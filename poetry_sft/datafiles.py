@@ -5,8 +5,9 @@ file, what is wrong with it and the fix, not a 30-76-line traceback from deep in
     read_text(path)         a text file decoded as UTF-8, refused when empty or blank (poetry_sft/score.py)
     json_lines(path, text)  the objects of a JSON Lines file, a broken line named by its number
 
-Cost: one decode and one parse of the file in Python (about a second for 100 MB of JSON Lines), paid
-only when the data pipeline reads the file anew (its result is cached), and a footer read for Parquet.
+Cost: one decode and one parse of the file in Python, paid only when the data pipeline reads the file
+anew (its result is cached): the 321k-poem corpus as JSON Lines (76 MiB) took 2.9 s, as CSV (67 MiB)
+2.3 s, as Parquet (a footer read) 0.02 s, on a busy 2-core CPU.
 """
 
 from __future__ import annotations
