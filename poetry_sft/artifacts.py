@@ -37,6 +37,8 @@ LOG_HISTORY_FILE = "log_history.json"  # Trainer's log history: losses, eval sco
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 ERROR_FILE = "error.json"
+# The run's config inside a model directory made from it (merge): generate --model DIR prompts as the run did
+RUN_CONFIG_IN_MODEL = "poetry_sft_run.yaml"
 # What Trainer writes into checkpoint-N; trainer_state.json comes last (Trainer._save_checkpoint).
 TRAINER_STATE = "trainer_state.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
@@ -64,19 +66,83 @@ def ensure_fresh(run_dir: Path) -> None:
 
 
 def is_complete_checkpoint(checkpoint: Path) -> bool:
-    """Trainer writes weights, optimizer, scheduler and RNG first and trainer_state.json last, straight into
-    checkpoint-N (not atomically): a checkpoint is whole only if that last file parses and names step N."""
+    return checkpoint_problem(checkpoint) is None
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed, or None when it is whole.
+
+    Trainer writes weights, optimizer, scheduler and RNG first and trainer_state.json last, straight into
+    checkpoint-N (not atomically): a checkpoint is whole only if that last file parses and names step N,
+    and every weight/state file it holds is complete (a full disk or a bad copy cuts files short). The
+    checks read headers only, not the tensors.
+    """
     match = _CHECKPOINT_NAME.match(checkpoint.name)
-    if not match or not (
+    if not match:
+        return "not a checkpoint-<step> directory"
+    if not (
         any((checkpoint / name).is_file() for name in WEIGHT_FILES)
         or any(checkpoint.glob("pytorch_model_fsdp_*"))  # FSDP's SHARDED_STATE_DICT
     ):
-        return False
+        return f"it holds no weights ({' / '.join(WEIGHT_FILES[:2])})"
     try:
         state = read_trainer_state(checkpoint)
-    except (OSError, ValueError):  # missing, or cut off mid-write by a kill
-        return False
-    return isinstance(state, dict) and state.get("global_step") == int(match.group(1))
+    except FileNotFoundError:
+        return f"{TRAINER_STATE} is missing (it is written last: the save was interrupted)"
+    except (OSError, ValueError) as err:  # cut off mid-write by a kill, or damaged
+        return f"{TRAINER_STATE} cannot be read ({str(err).splitlines()[0][:120]})"
+    if not isinstance(state, dict) or state.get("global_step") != int(match.group(1)):
+        found = state.get("global_step") if isinstance(state, dict) else None
+        return f"{TRAINER_STATE} names step {found}, not {match.group(1)}"
+    for path in sorted(checkpoint.iterdir()):
+        problem = (
+            _safetensors_problem(path)
+            if path.suffix == ".safetensors"
+            else _torch_file_problem(path)
+            if path.suffix in (".pt", ".pth")
+            else None
+        )
+        if problem:
+            return problem
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file is 8 bytes of header length, the JSON header, then the tensors it lists."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if length < 0 or 8 + length > size:
+            return f"{path.name} is cut off ({size:,} bytes, shorter than its own header)"
+        try:
+            header = json.loads(f.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return f"{path.name} is damaged (its header is not a safetensors header)"
+    if 8 + length + end != size:
+        return f"{path.name} is cut off ({size:,} of {8 + length + end:,} bytes)"
+    return None
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """torch.save writes a zip archive, whose directory comes last: a cut-off file has none."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return f"{path.name} is cut off or damaged ({path.stat().st_size:,} bytes, not a whole torch.save)"
+    return None
+
+
+def skipped_checkpoints(run_dir: Path, resumed: Path | None) -> list[tuple[Path, str]]:
+    """Checkpoints newer than `resumed` (all of them for None) that cannot be resumed, and why."""
+    step = int(resumed.name.split("-")[1]) if resumed else -1
+    return [
+        (path, problem)
+        for path in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*")
+        if _CHECKPOINT_NAME.match(path.name) and int(path.name.split("-")[1]) > step
+        if (problem := checkpoint_problem(path))
+    ]
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
@@ -106,8 +172,8 @@ def discard_incomplete_checkpoints(run_dir: Path) -> None:
     if not is_main_process():
         return
     for path in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*"):
-        if path.is_dir() and not is_complete_checkpoint(path):
-            log.warning("removing %s: written only in part when the run was interrupted", path)
+        if path.is_dir() and (problem := checkpoint_problem(path)):
+            log.warning("removing %s, which cannot be resumed: %s", path, problem)
             shutil.rmtree(path)
 
 
@@ -118,7 +184,7 @@ def ensure_same_config(run_dir: Path, cfg: RunConfig) -> None:
             f"{run_dir} holds checkpoints but no {CONFIG_FILE}: it was not written by poetry_sft, "
             "so it is not resumed.\n  Fix: choose a new directory, run_dir=runs/<new-name>."
         )
-    saved = _comparable(OmegaConf.load(path))
+    saved = _comparable(_saved_config(path))
     current = _comparable(OmegaConf.structured(cfg))
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if changed:
@@ -158,8 +224,27 @@ def load_run_config(run_dir: Path) -> RunConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a poetry_sft run directory: {CONFIG_FILE} is missing")
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
-    cfg = OmegaConf.to_object(merged)
+    return read_run_config(path)
+
+
+# Keys earlier versions wrote that the schema no longer has (read by nothing): dropped on reading, so
+# runs made before still load, resume and generate.
+_RETIRED_KEYS = (("data", "name"),)
+
+
+def _saved_config(path: Path) -> Any:
+    """A saved config on today's schema: retired keys dropped, keys added since at their defaults (a run
+    from before a new option existed is the same run: it trained without it)."""
+    saved = OmegaConf.load(path)
+    for section, key in _RETIRED_KEYS:
+        if section in saved and key in saved[section]:
+            saved[section].pop(key)
+    return OmegaConf.merge(OmegaConf.structured(RunConfig), saved)
+
+
+def read_run_config(path: Path) -> RunConfig:
+    """A saved RunConfig: a run's config.yaml, or the RUN_CONFIG_IN_MODEL copy a merged model carries."""
+    cfg = OmegaConf.to_object(_saved_config(path))
     assert isinstance(cfg, RunConfig)
     return validate(cfg)
 

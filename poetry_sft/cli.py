@@ -98,3 +98,8 @@ def main() -> None:
     register_resolvers()
     sys.argv = _per_process_overrides(sys.argv)
     _run()
+    from poetry_sft.sweep_report import sweep_failure
+
+    if failure := sweep_failure():  # after a multirun wrote its summary: scripts and make must notice
+        print(f"poetry_sft: error: {failure}", file=sys.stderr)
+        sys.exit(1)

@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from poetry_sft.artifacts import staged_directory
 from poetry_sft.config import DataConfig, PromptStyle
-from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError
+from poetry_sft.datafiles import check_data_file, unreadable
+from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError, is_disk_full
 from poetry_sft.paths import IMAGERY_WORDS, SAMPLE_POEMS, cache_dir
 from poetry_sft.poetry import HAN_CLASS, corpus_form, split_first_line
 from poetry_sft.prompts import (
     CHAT_TEMPLATE_KWARGS,
     chat_prompt,
+    control_token_pattern,
     keywords_text,
     make_formatting_func,
     poem_keywords,
@@ -91,7 +93,12 @@ def _load_raw(cfg: DataConfig, files: list[Path] | None) -> Dataset:
     from datasets import load_dataset
 
     if files is not None:
-        return load_dataset(_BUILDERS[files[0].suffix], data_files=[str(p) for p in files], split="train")
+        for path in files:  # an empty, non-UTF-8, cut-off or malformed file: named, with the fix
+            check_data_file(path)
+        try:
+            return load_dataset(_BUILDERS[files[0].suffix], data_files=[str(p) for p in files], split="train")
+        except Exception as err:  # what the checks cannot see (mixed column types, a damaged row group)
+            raise unreadable(files, err) from err
     try:
         return load_dataset(cfg.path, split=cfg.split)
     except Exception as err:  # the Hub raises a dozen types for "not reachable" / "no such data set"
@@ -176,13 +183,6 @@ def _normalise(content: str) -> str:
         return content  # the common case, without splitting
     lines = (line.strip() for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     return "\n".join(line for line in lines if line)
-
-
-def _special_tokens_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | None:
-    """The tokenizer's added tokens (<|im_end|>, <think>...) as text: it splits them out before
-    anything else, so in a poem they would become control tokens."""
-    added = sorted({t.content for t in tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, added))) if added else None
 
 
 def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, list]:
@@ -445,7 +445,12 @@ def prepare_poems(
     prepared = _prepare(cfg, tokenizer, max_length, raw)
     prepared.report["seconds"] = {"load": round(load_seconds, 2), **prepared.report["seconds"]}
     if use_cache:
-        _save(prepared, target)
+        try:
+            _save(prepared, target)
+        except Exception as err:  # the cache only saves time: a full disk there need not stop the run
+            if not is_disk_full(err):
+                raise
+            log.warning("no space left to cache the prepared data in %s: going on without the cache", target)
     return prepared
 
 
@@ -466,7 +471,7 @@ def _prepare(
         "needed": [f for f in ("title", "author", "dynasty") if f in fields],
         "one_line_ok": cfg.prompt_style is not PromptStyle.first_line,
         "need_form": bool(cfg.forms) or "form" in fields,
-        "special_tokens": _special_tokens_pattern(tokenizer),
+        "special_tokens": control_token_pattern(tokenizer),
         "max_keywords": cfg.max_keywords if "keywords" in fields else 0,  # 0: no {keywords} in the prompt
         "selection": {
             key: set(chosen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -21,6 +22,14 @@ class RunDirError(PoetrySFTError):
     """The run directory cannot be used (it holds a finished run, or is not a run)."""
 
 
+class DataFileError(PoetrySFTError):
+    """A data file cannot be read: empty, not UTF-8, cut off, or a malformed line (datafiles.py)."""
+
+
+class DiskFullError(PoetrySFTError):
+    """The disk filled up while a run saved a checkpoint or its model."""
+
+
 class ResourceNotFoundError(PoetrySFTError):
     """A model, tokenizer or data set could not be loaded (offline, unknown id, missing file)."""
 
@@ -37,3 +46,19 @@ def command(main: Main) -> Main:
             return 2
 
     return run
+
+
+# How a full disk shows: OSError ENOSPC/EDQUOT from Python, or the text of safetensors' Rust IoError
+_DISK_FULL = ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded", "QuotaExceeded")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` (or what caused it) means the disk or the user's quota is full."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(marker in str(seen) for marker in _DISK_FULL):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

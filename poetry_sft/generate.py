@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poetry_sft import artifacts
+from poetry_sft import artifacts, datafiles
 from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig, sampling_problems
 from poetry_sft.errors import ConfigError, RunDirError, command
 from poetry_sft.modeling import load_tokenizer, resolve_model_path, resolve_precision
-from poetry_sft.poetry import FORMS
-from poetry_sft.prompts import generation_prompt
+from poetry_sft.poetry import FORMS, THINK_CLOSE, THINK_OPEN
+from poetry_sft.prompts import generation_prompt, refuse_control_tokens
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 # Qwen3's reasoning tags. A poem never needs them, so generation may not emit them at all: together with
 # the chat template's empty think block (thinking disabled) no <think> block can appear in a poem.
-THINK_TOKENS = ("<think>", "</think>")
+THINK_TOKENS = (THINK_OPEN, THINK_CLOSE)
 
 
 @dataclass
@@ -275,18 +275,19 @@ def sample_finished_run(run_dir: Path, titles: list[str]) -> list[dict[str, obje
 
 
 def read_titles(path: Path) -> list[str]:
-    """Titles from a text file (one per line; blank lines and # comments skipped) or .jsonl (`title`)."""
+    """Titles from a text file (one per line; blank lines and # comments skipped) or .jsonl (`title`).
+    An empty, blank or non-UTF-8 file and a broken JSON line are named with the fix (datafiles.py)."""
     if not path.is_file():
         raise ConfigError(f"--titles-file {path}: no such file")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    text = datafiles.read_text(path, what="titles")
     if path.suffix != ".jsonl":
+        lines = (line.strip() for line in text.splitlines())
         return [line for line in lines if line and not line.startswith("#")]
     titles = []
-    for number, line in enumerate(lines, 1):
-        record = json.loads(line) if line else {}
-        if line and not isinstance(record.get("title"), str):
+    for number, record in datafiles.json_lines(path, text):
+        if not isinstance(record.get("title"), str):
             raise ConfigError(f'{path}:{number}: each line must be an object with a "title" string')
-        titles += [record["title"]] if line else []
+        titles.append(record["title"])
     return titles
 
 
@@ -360,8 +361,12 @@ def _load(
     if args.run_dir is None:
         if not args.model:
             raise ConfigError("give a run directory (runs/...) or --model NAME_OR_PATH")
-        # No run: the schema's default prompt, the one runs train on unless data.prompt_template is changed.
-        data_cfg, sampling = DataConfig(path="none"), SamplingConfig()
+        saved = Path(args.model) / artifacts.RUN_CONFIG_IN_MODEL  # a merged run: prompt as it trained
+        if saved.is_file():
+            cfg = artifacts.read_run_config(saved)
+            data_cfg, sampling = cfg.data, cfg.generation
+        else:  # no run: the schema's default prompt, what runs train on unless data.prompt_template is set
+            data_cfg, sampling = DataConfig(path="none"), SamplingConfig()
         return load_model_dir(args.model), load_tokenizer(args.model), data_cfg, sampling
     if args.model:
         cfg = artifacts.load_run_config(args.run_dir)
@@ -380,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--per-title {args.per_title} must be at least 1")
     if args.out and args.out.exists():
         raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
+    refuse_control_tokens(None, "the title", titles)  # before the model loads; generation_prompt checks again
     model, tokenizer, data_cfg, sampling = _load(args)
     sampling = _sampling(sampling, args)
     repeated = [title for title in titles for _ in range(args.per_title)]

@@ -3,7 +3,8 @@
     python -m poetry_sft.merge runs/<run> [--out DIR]        # default: runs/<run>/merged
 
 The result loads with `AutoModelForCausalLM.from_pretrained(DIR)` (no peft, no bitsandbytes) and
-generates as the adapter on the base does; `python -m poetry_sft.generate --model DIR` uses it.
+generates as the adapter on the base does; `python -m poetry_sft.generate --model DIR` uses it with the
+run's prompt setup (system prompt, template), which DIR carries in poetry_sft_run.yaml.
 
 QLoRA adapters are merged into the *unquantised* base (its saved dtype, bf16 for Qwen3-0.6B; fp32
 for the tiny test model). Merging into the 4-bit weights would dequantise, add the low-rank update
@@ -20,11 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from poetry_sft import artifacts
 from poetry_sft.config import RunConfig
@@ -147,6 +151,8 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
         tokenizer.save_pretrained(staging)
         artifacts.write_json(staging / CHECK_FILE, check)
         write_card(staging, run_dir, cfg, "merged")
+        # The prompt setup (system prompt, template, style) and sampling travel with the model
+        OmegaConf.save(OmegaConf.structured(cfg), staging / artifacts.RUN_CONFIG_IN_MODEL)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)
@@ -163,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = merge_run(args.run_dir, args.out)
     print(describe_check(json.loads((out / CHECK_FILE).read_text(encoding="utf-8"))))
-    print(f"merged model written to {out}; generate with it: python -m poetry_sft.generate --model {out}")
+    print(
+        f"merged model written to {out}; generate with it (the run's prompt setup is in "
+        f"{artifacts.RUN_CONFIG_IN_MODEL} there):\n"
+        f"  python -m poetry_sft.generate --model {shlex.quote(str(out))} --title 春夜喜雨"
+    )
     return 0
 
 

@@ -139,6 +139,40 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str, user: st
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Control tokens: text that a tokenizer would read as chat structure
+
+
+def control_token_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | None:
+    """The tokenizer's added tokens (<|im_end|>, <|im_start|>, <|endoftext|>, <think>...) as text: the
+    tokenizer splits them out before anything else, so in a poem, a title or any prompt text they would
+    become the control tokens themselves. The one definition: training drops rows holding them, generation
+    refuses titles holding them (refuse_control_tokens)."""
+    added = sorted({t.content for t in tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, added))) if added else None
+
+
+# The chat template's control-token forms, whatever the tokenizer: <|im_end|>, <|im_start|>, <think>... Text
+# like this in a prompt would end or forge a chat turn (the studio checks what users type against it).
+CHAT_CONTROL_TEXT = re.compile(r"<\|[^<>]*\|>|</?think>")
+
+
+def refuse_control_tokens(tokenizer: PreTrainedTokenizerBase | None, what: str, texts: list[str]) -> None:
+    """ConfigError for the first of `texts` (what: "--title", "generation.eval_titles"...) holding the text
+    of a control token: generation would read it as the token (`<|im_end|>` ends the user's turn). Without
+    a tokenizer (before one is loaded) the chat template's forms only (CHAT_CONTROL_TEXT)."""
+    pattern = control_token_pattern(tokenizer) if tokenizer is not None else None
+    for text in texts:
+        found = set(pattern.findall(text)) if pattern else set()
+        if found := sorted(found | set(CHAT_CONTROL_TEXT.findall(text))):
+            raise ConfigError(
+                f"{what} {text!r} holds {', '.join(found)}: the text of the tokenizer's control token(s), "
+                "which the model would read as the tokens themselves (<|im_end|> ends the prompt's turn, "
+                "<think> opens reasoning), not as text. Training drops such poems and titles for the same "
+                f"reason (data_report.json: special_token).\n  Fix: remove {', '.join(found)} from it."
+            )
+
+
 def generation_prompt(
     tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, subject: str, form: str | None = None, **fields: str
 ) -> str:
@@ -150,6 +184,8 @@ def generation_prompt(
     """
     template = prompt_template(cfg)
     values = {PROMPT_SUBJECT[cfg.prompt_style]: subject, **({"form": form} if form else {}), **fields}
+    for name, value in values.items():
+        refuse_control_tokens(tokenizer, "the " + name.replace("_", " "), [value])
     if missing := sorted(prompt_fields(template) - set(values)):
         how = {"form": "--form / generation.form"}
         raise ConfigError(

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from poetry_sft import poetry
+from poetry_sft import datafiles, poetry
 from poetry_sft.errors import PoetrySFTError, command
 
 
@@ -25,24 +25,16 @@ class InputError(PoetrySFTError):
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Poems as dicts with at least `content`, from .jsonl (or .json lines) or plain text."""
-    if not path.is_file():
-        raise InputError(f"file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    """Poems as dicts with at least `content`, from .jsonl (or .json lines) or plain text. An empty,
+    blank or non-UTF-8 file and a broken JSON line are named with the fix (poetry_sft/datafiles.py)."""
+    text = datafiles.read_text(path)
     if path.suffix not in {".jsonl", ".json"}:
         return [{"content": poem.strip()} for poem in text.split("\n\n") if poem.strip()]
     records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("content"), str):
-            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+    for number, record in datafiles.json_lines(path, text):
+        if not isinstance(record.get("content"), str):
             raise InputError(
-                f"{path}:{number}: no 'content' field with the poem text (found {found}); "
+                f"{path}:{number}: no 'content' field with the poem text (found {sorted(record)}); "
                 'each line must be an object like {"content": "白日依山尽，黄河入海流。..."}: '
                 "rename your text field to 'content'"
             )
@@ -54,13 +46,15 @@ def read_poems(path: Path) -> list[str]:
     """Poem texts from .parquet (a `content` column, as in the training data), .jsonl or .txt."""
     if path.suffix != ".parquet":
         return [record["content"] for record in read_records(path)]
-    if not path.is_file():
-        raise InputError(f"file not found: {path}")
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError("reading .parquet needs pyarrow: pip install pyarrow") from None
-    table = pq.read_table(path)
+    datafiles.check_parquet(path)  # empty, cut off, not Parquet: named with the fix
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # a damaged row group behind a readable footer
+        raise datafiles.unreadable([path], err) from err
     if "content" not in table.column_names:
         raise InputError(f"{path} has no 'content' column (columns: {', '.join(table.column_names)})")
     return table.column("content").to_pylist()

@@ -44,19 +44,48 @@ _SAFE_NAME = re.compile(r"[^\w.,=+-]")  # \w keeps CJK titles readable in a dire
 _SAFE_OVERRIDE_VALUE = re.compile(r"[\w./:\\~+-]+")
 
 
+# The keys this sweep varies (set when a multirun starts: sweep_report.SummaryCallback), so a name that
+# must be shortened keeps their values readable.
+_swept_keys: set[str] = set()
+_ITEM = re.compile(r",(?=[+~]*[\w.@/-]+=)")  # the commas that separate overrides, not those inside a list
+
+
 def job_dirname(override_dirname: str) -> str:
     """A job's directory name from its sorted overrides: deterministic, readable, and unique.
 
     Characters a file name cannot hold (``/`` of a data path) become ``_``; whenever anything was
-    replaced or cut, a hash of the full overrides keeps two different jobs apart.
+    replaced or cut, a hash of the full overrides keeps two different jobs apart. A name too long for a
+    file name keeps the swept values only (``method.learning_rate=0.001_<hash>``): the overrides every job
+    shares are in summary.md and each job's .hydra/overrides.yaml.
     """
     if not override_dirname:
         return "defaults"
     name = _SAFE_NAME.sub("_", override_dirname)
     if name != override_dirname or len(name.encode("utf-8")) > 120:  # file names: 255 bytes, CJK: 3 each
         digest = hashlib.sha1(override_dirname.encode("utf-8")).hexdigest()[:8]
+        if len(name.encode("utf-8")) > 120 and _swept_keys:
+            items = _ITEM.split(override_dirname)
+            swept = [item for item in items if item.partition("=")[0].lstrip("+~") in _swept_keys]
+            name = _SAFE_NAME.sub("_", ",".join(swept)) or name
         name = f"{name.encode('utf-8')[:100].decode('utf-8', errors='ignore')}_{digest}"
     return name
+
+
+def remember_swept_keys(config: DictConfig) -> None:
+    """The keys a multirun varies: command-line sweeps (a,b / range() / choice()...) and the sweeper's
+    params (hydra.sweeper.params, Optuna's search space)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys: set[str] = set()
+    try:
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        keys |= {o.key_or_group for o in overrides if o.is_sweep_override()}
+    except Exception as err:  # naming is cosmetic: never fail a sweep over it
+        log.debug("could not tell the swept keys: %s", err)
+    params = OmegaConf.select(config, "hydra.sweeper.params")
+    keys |= set(params or {})
+    _swept_keys.clear()
+    _swept_keys.update(keys)
 
 
 def register_resolvers() -> None:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft import artifacts
-from poetry_sft.sweep import METRIC
+from poetry_sft.sweep import METRIC, remember_swept_keys
 
 log = logging.getLogger("poetry_sft")
 
@@ -177,7 +178,15 @@ def _fmt(value: Any) -> str:
 
 
 class SummaryCallback(Callback):
-    """Writes the summary when a multirun ends (also after failed jobs: they are rows in it)."""
+    """Writes the summary when a multirun ends (also after failed jobs: they are rows in it), and records
+    which jobs failed in this sweep, so the command exits non-zero (sweep_failure)."""
+
+    started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+        remember_swept_keys(config)
+        _last_sweep.clear()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -185,8 +194,36 @@ class SummaryCallback(Callback):
             written = write_summary(sweep_dir)
         except Exception as err:  # a report problem must never hide the sweep's own outcome
             log.warning("could not write the sweep summary: %s", err)
-            return
-        log.info("sweep summary: %s", ", ".join(str(p) for p in written.values()))
+        else:
+            log.info("sweep summary: %s", ", ".join(str(p) for p in written.values()))
+        jobs = read_jobs(sweep_dir) if sweep_dir.is_dir() else []
+        # Failed in this sweep (error.json written since it started), not left over from an earlier one
+        failed = [
+            job
+            for job in jobs
+            if job.status == "failed"
+            and (sweep_dir / job.name / artifacts.ERROR_FILE).stat().st_mtime >= self.started - 2
+        ]
+        _last_sweep.update(sweep_dir=sweep_dir, jobs=len(jobs), failed=failed)
+
+
+_last_sweep: dict[str, Any] = {}
+
+
+def sweep_failure() -> str | None:
+    """Why the multirun that just ended should exit non-zero (some jobs failed), or None."""
+    failed: list[Job] = _last_sweep.get("failed", [])
+    if not failed:
+        return None
+    sweep_dir = _last_sweep["sweep_dir"]
+    names = ", ".join(job.name for job in failed[:3]) + (" ..." if len(failed) > 3 else "")
+    first = " ".join(failed[0].error.split())[:300]
+    return (
+        f"{len(failed)} of {_last_sweep['jobs']} sweep jobs failed ({names}; the first: {first}). Every "
+        f"job's status is in {sweep_dir / 'summary.md'}, each failure's error and log tail in <job>/"
+        f"{artifacts.ERROR_FILE}.\n  Fix: correct what failed and run the same command again (same "
+        "hydra.sweep.dir): finished jobs are skipped, failed ones retried."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poetry_sft import artifacts
 from poetry_sft.config import Batching, HardwareConfig, Precision, RunConfig, resolve_batching
 from poetry_sft.data import prepare_poems
+from poetry_sft.errors import DiskFullError, is_disk_full
 from poetry_sft.modeling import (
     load_model,
     load_tokenizer,
@@ -19,9 +23,11 @@ from poetry_sft.modeling import (
     resolve_model_path,
     resolve_precision,
 )
+from poetry_sft.prompts import refuse_control_tokens
 
 if TYPE_CHECKING:
     import torch
+    from transformers.trainer_utils import TrainOutput
     from trl import SFTConfig, SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -128,6 +134,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.model.revision)
+    # Titles the run generates from (mid-training and at the end): refused now, not after hours of training
+    refuse_control_tokens(tokenizer, "generation.eval_titles:", cfg.generation.eval_titles)
+    refuse_control_tokens(tokenizer, "sample_titles:", cfg.sample_titles)
     data = prepare_poems(cfg.data, tokenizer, max_length=cfg.hardware.max_length)
     log.info(data.summary())
     if artifacts.is_main_process():
@@ -189,6 +198,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     restores weights, optimizer, scheduler and RNG state and skips the batches already seen.
     """
     checkpoint = artifacts.find_resume_checkpoint(run_dir, cfg)
+    _warn_about_damaged_checkpoints(run_dir, checkpoint)
     resumed = artifacts.read_trainer_state(checkpoint) if checkpoint else {}  # before rotation deletes it
     artifacts.discard_incomplete_checkpoints(run_dir)
     artifacts.save_run_config(cfg, run_dir)
@@ -202,10 +212,15 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     token_fraction = real_token_fraction(trainer)
     _reset_peak_memory()
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if checkpoint and 0 < resumed.get("max_steps", 0) <= resumed["global_step"]:
+        result = _load_final_checkpoint(trainer, checkpoint)
+    else:
+        with _explain_disk_full(run_dir, "a checkpoint"):
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
     eval_metrics = trainer.evaluate()
-    trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; always the tokenizer
+    with _explain_disk_full(run_dir, "the trained model"):
+        trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; and the tokenizer
     tokens = int(trainer.state.num_input_tokens_seen)
     new_tokens = tokens - int(resumed.get("num_input_tokens_seen", 0))  # this session's, for the speed
     metrics: dict[str, Any] = {
@@ -231,8 +246,9 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         metrics["samples"] = sample_finished_run(run_dir, cfg.sample_titles)
     # The eval callback's final scores (generation.eval_titles), beside eval_loss for sweeps to choose by.
     metrics.update({key: value for key, value in eval_metrics.items() if key.startswith("eval_poetry/")})
-    artifacts.write_json(run_dir / artifacts.LOG_HISTORY_FILE, trainer.state.log_history)
-    artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
+    with _explain_disk_full(run_dir, "the run's metrics"):
+        artifacts.write_json(run_dir / artifacts.LOG_HISTORY_FILE, trainer.state.log_history)
+        artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
     if cfg.generation.report:  # after metrics.json: a failing report never costs the finished run
         from poetry_sft.report import write_report
 
@@ -245,6 +261,75 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
         print("\n" + showcase(run_dir), flush=True)
     return metrics
+
+
+def _load_final_checkpoint(trainer: SFTTrainer, checkpoint: Path) -> TrainOutput:
+    """Training had ended at `checkpoint` (its model was not saved: a kill, a full disk). Trainer resumed
+    there would train one step past max_steps (transformers 5.x steps before it checks), so the
+    checkpoint's weights and state are loaded instead. The train loss is the mean of the logged losses."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    log.info("%s is the run's last step: loading it to evaluate and save the model", checkpoint.name)
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / artifacts.TRAINER_STATE))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
+
+
+def _warn_about_damaged_checkpoints(run_dir: Path, resumed: Path | None) -> None:
+    """Name each checkpoint newer than the one resumed that cannot be resumed (discarded next)."""
+    skipped = artifacts.skipped_checkpoints(run_dir, resumed)
+    if not skipped:
+        return
+    why = "; ".join(f"{path.name}: {problem}" for path, problem in sorted(skipped))
+    if resumed:
+        log.warning("resuming from %s, the newest complete checkpoint, instead of %s", resumed.name, why)
+    else:
+        log.warning(
+            "no checkpoint in %s can be resumed (%s): this run starts again from step 0. To keep them, stop "
+            "now (Ctrl-C) and move %s away",
+            run_dir / artifacts.CHECKPOINTS_DIR,
+            why,
+            run_dir / artifacts.CHECKPOINTS_DIR,
+        )
+
+
+@contextmanager
+def _explain_disk_full(run_dir: Path, what: str) -> Iterator[None]:
+    """A full disk while saving: remove what was half-written (it would only take space) and say where the
+    run can go on from, instead of a traceback from deep inside torch or safetensors."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        artifacts.discard_incomplete_checkpoints(run_dir)
+        if what == "the trained model":
+            shutil.rmtree(run_dir / artifacts.MODEL_DIR, ignore_errors=True)
+        raise DiskFullError(_disk_full_message(run_dir, what)) from err
+
+
+def _disk_full_message(run_dir: Path, what: str) -> str:
+    usage = shutil.disk_usage(run_dir)
+    # What is left after discard_incomplete_checkpoints: complete checkpoints only
+    checkpoints = sorted(
+        (p for p in (run_dir / artifacts.CHECKPOINTS_DIR).glob("checkpoint-*") if p.is_dir()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    size = sum(f.stat().st_size for f in checkpoints[-1].rglob("*") if f.is_file()) if checkpoints else 0
+    where = (
+        f"The last complete checkpoint, {checkpoints[-1]}, is intact: the same command resumes from it."
+        if checkpoints
+        else "No checkpoint was complete yet: the same command starts the run again from step 0."
+    )
+    need = f" (a checkpoint takes {size / 2**20:,.1f} MiB)" if size else ""
+    return (
+        f"no space left on the disk of {run_dir} while saving {what}: {usage.free / 2**30:,.2f} GiB free of "
+        f"{usage.total / 2**30:,.1f} GiB. {where}\n"
+        f"  Fix: free space on that disk{need} (or keep fewer checkpoints: train.save_total_limit=1), then "
+        "run the command again; or train on a disk with room: run_dir=<path there> (a new run)."
+    )
 
 
 def _cap_gpu_memory(hardware: HardwareConfig) -> None:

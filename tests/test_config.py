@@ -136,3 +136,21 @@ def test_trait_combinations_that_cannot_train_are_refused(overrides: list[str], 
     with pytest.raises(ConfigError) as err:
         run_config(overrides)
     assert all(word in str(err.value) for word in words), str(err.value)
+
+
+def test_a_run_saved_by_an_earlier_version_still_loads_and_resumes(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    from poetry_sft import artifacts
+
+    cfg = run_config(["model=tiny", "data=sample", "method=lora"])
+    artifacts.save_run_config(cfg, tmp_path)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    saved.data.name = "sample"  # a key earlier versions wrote and the schema has dropped
+    del saved.generation["penalize_punctuation"]  # an option added since
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    loaded = artifacts.load_run_config(tmp_path)
+    assert loaded.generation.penalize_punctuation is True and loaded.data.path == "sample"
+    artifacts.ensure_same_config(tmp_path, cfg)  # the same run: resuming it is not refused
+    with pytest.raises(Exception, match="different config"):
+        artifacts.ensure_same_config(tmp_path, run_config(["model=tiny", "data=sample", "method=dora"]))

@@ -99,7 +99,7 @@ def test_sweep_survives_failed_jobs_and_a_rerun_skips_finished_ones(poems_file: 
     overrides = [o for o in tiny_overrides("lora", poems_file, steps=2) if not o.startswith("data.path")]
     swept = [f"data.path={poems_file},{missing}", "method.learning_rate=1e-3,-1"]
     first = _multirun(sweep, *overrides, *swept)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1, first.stderr[-3000:]  # after the summary: 3 of 4 jobs failed
 
     jobs = {(j.overrides["data.path"], j.overrides["method.learning_rate"]): j for j in read_jobs(sweep)}
     assert len(jobs) == 4 and len({j.name for j in jobs.values()}) == 4, "one directory per job"
@@ -114,7 +114,7 @@ def test_sweep_survives_failed_jobs_and_a_rerun_skips_finished_ones(poems_file: 
     metrics = sweep / good.name / "metrics.json"
     finished_at = metrics.stat().st_mtime_ns
     second = _multirun(sweep, *overrides, *swept)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 1, second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert f"skipping {good.name}: finished" in log
     assert metrics.stat().st_mtime_ns == finished_at, "a finished job is never retrained"
@@ -220,3 +220,51 @@ def test_a_crashed_job_process_is_recorded_and_the_sweep_goes_on(
     assert run_job(_job_config(poems_file), tmp_path, []) == math.inf
     error = json.loads((tmp_path / "error.json").read_text())
     assert error["error"].startswith(expected) and error["returncode"] != 0
+
+
+def _failed_sweep_checks(result: subprocess.CompletedProcess, sweep: Path, failed: int, jobs: int) -> str:
+    """The sweep exited non-zero after writing its summary; its error is one paragraph; returns it."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert (sweep / "summary.md").is_file() and (sweep / "summary.csv").is_file(), "the summary comes first"
+    error = result.stderr[result.stderr.index("poetry_sft: error:") :].strip()
+    assert "\n\n" not in error and f"{failed} of {jobs} sweep jobs failed" in error
+    assert "Fix: correct what failed and run the same command again" in error
+    return error
+
+
+def test_a_sweep_with_failed_jobs_exits_non_zero_with_readable_job_directories(
+    poems_file: Path, tmp_path: Path
+):
+    sweep = tmp_path / "sweep"
+    # the schema's own overrides make every job's full name too long for a directory name
+    result = _multirun(sweep, *tiny_overrides("lora", poems_file, steps=2), "method.learning_rate=-1,-2")
+    error = _failed_sweep_checks(result, sweep, failed=2, jobs=2)
+    assert "method.learning_rate=-1.0 must be a positive number" in error
+    names = sorted(job.name for job in read_jobs(sweep))
+    assert [name.rsplit("_", 1)[0] for name in names] == [
+        "method.learning_rate=-1",
+        "method.learning_rate=-2",
+    ]
+
+
+@pytest.mark.slow  # one job trains in its own process: ~1 min on a busy 2-core CPU
+def test_a_two_job_sweep_with_one_failed_job_exits_non_zero(poems_file: Path, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    result = _multirun(sweep, *tiny_overrides("lora", poems_file, steps=2), "method.learning_rate=1e-3,-1")
+    _failed_sweep_checks(result, sweep, failed=1, jobs=2)
+    jobs = {job.overrides["method.learning_rate"]: job for job in read_jobs(sweep)}
+    assert jobs["0.001"].status == "finished" and jobs["-1"].status == "failed"
+    assert jobs["0.001"].name.startswith("method.learning_rate=0.001_")
+    summary = (sweep / "summary.md").read_text(encoding="utf-8")
+    assert "1 finished, 1 failed" in summary
+
+
+def test_short_job_names_are_unchanged_and_long_ones_keep_the_swept_values(monkeypatch: pytest.MonkeyPatch):
+    from poetry_sft import sweep
+
+    monkeypatch.setattr(sweep, "_swept_keys", {"method.r"})
+    assert job_dirname("method.r=8,method=lora") == "method.r=8,method=lora"  # re-runs find their jobs
+    long = ",".join([*(f"a{i}=value{i}" for i in range(20)), "method.r=16", "sample_titles=[春,夏]"])
+    name = job_dirname(long)
+    assert name.startswith("method.r=16_") and name != job_dirname(long.replace("value3", "other"))

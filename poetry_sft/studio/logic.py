@@ -19,7 +19,6 @@ import functools
 import gc
 import html
 import json
-import re
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from poetry_sft import artifacts, poetry
 from poetry_sft.config import PromptStyle, RunConfig, SamplingConfig, sampling_problems
 from poetry_sft.errors import PoetrySFTError
+from poetry_sft.prompts import CHAT_CONTROL_TEXT
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,8 +44,6 @@ MAX_POEMS = 8
 MAX_NEW_TOKENS = 512
 SCAN_DEPTH = 3  # runs/<name>, multirun/<sweep>/<job>: how deep under the root runs are looked for
 _SKIP_DIRS = {artifacts.MODEL_DIR, artifacts.CHECKPOINTS_DIR, ".hydra", "merged", "__pycache__"}
-# Text that would forge chat structure inside the user message: <|im_end|>, <|im_start|>, <think> ...
-_CONTROL_TEXT = re.compile(r"<\|[^<>]*\|>|</?think>")
 
 # 五言绝句 -> 五绝, 七言律诗 -> 七律: the forms of poetry.FORM_TABLE by their short names
 FORM_CHOICES: dict[str, str | None] = {
@@ -490,7 +488,7 @@ def check_subject(subject: str, style: PromptStyle) -> str:
             f"the {what} is {len(text)} characters long; at most {MAX_SUBJECT_CHARS} make a prompt like the "
             "ones the run was trained on. Fix: shorten it"
         )
-    if control := _CONTROL_TEXT.search(text):
+    if control := CHAT_CONTROL_TEXT.search(text):  # the one definition, beside training's (data.py)
         raise StudioError(
             f"the {what} contains {control[0]!r}, a control token of the chat template: it would end or "
             "forge a chat turn. Fix: remove it"
