@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,7 +183,9 @@ def real_token_fraction(trainer: SFTTrainer, max_batches: int = 64) -> float:
     return round(real / total, 4) if total else 0.0
 
 
-def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+def train(
+    cfg: RunConfig, run_dir: Path, on_training_start: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics.
 
     A run directory with checkpoints of the same config resumes from the newest complete one: Trainer
@@ -200,6 +203,8 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     else:
         log.info("interrupted? the same command with run_dir=%s resumes from the last checkpoint", run_dir)
     token_fraction = real_token_fraction(trainer)
+    if on_training_start:  # the command line: a failure from here on leaves the run directory to resume
+        on_training_start()
     _reset_peak_memory()
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
