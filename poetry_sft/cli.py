@@ -22,7 +22,7 @@ from poetry_sft.artifacts import (
     find_resume_checkpoint,
     is_main_process,
 )
-from poetry_sft.compose import register_recipes
+from poetry_sft.compose import override_problems, register_recipes
 from poetry_sft.config import register_configs, to_run_config
 from poetry_sft.doctor import check_environment
 from poetry_sft.errors import ConfigError, PoetrySFTError
@@ -53,8 +53,8 @@ class PreflightCallback(Callback):
             check_environment(run_cfg)  # bitsandbytes that cannot load; a GPU profile on CPU-only torch
             run_dir = Path(config.hydra.run.dir)
             # Read-only checks first: a user's folder, or a finished run, gets nothing written into it.
-            ensure_usable_run_dir(run_dir)
             ensure_fresh(run_dir)
+            ensure_usable_run_dir(run_dir)
             _claim_run_dir(run_dir)
             # Under the lock: a mismatched resume is refused before Hydra writes into the directory.
             find_resume_checkpoint(run_dir, run_cfg)
@@ -150,5 +150,7 @@ def main() -> None:
     register_configs()
     register_recipes()
     register_resolvers()
+    if problems := override_problems(sys.argv[1:]):  # before Hydra, whose messages name no fix
+        _exit_with(ConfigError("\n".join(problems)))
     sys.argv = _per_process_overrides(sys.argv)
     _run()

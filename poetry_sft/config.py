@@ -9,7 +9,11 @@ involve several fields live in :func:`validate`, called right after ``OmegaConf.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -426,12 +430,95 @@ def _data_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+def _field_types(schema: type) -> dict[str, Any]:
+    """A dataclass's fields -> their types, `X | None` read as X."""
+    hints = typing.get_type_hints(schema)
+    fields = {}
+    for f in dataclasses.fields(schema):
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        fields[f.name] = hint
+    return fields
+
+
+def _all_keys(schema: type | None = None, prefix: str = "") -> list[str]:
+    schema = schema or RunConfig
+    keys = []
+    for name, hint in _field_types(schema).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(hint):
+            keys += _all_keys(hint, f"{prefix}{name}.")
+    return keys
+
+
+# Names other tools use for our keys (peft's LoraConfig says r, TRL's scripts say learning_rate).
+_ALIASES = {
+    "lora_rank": "method.r",
+    "lora_r": "method.r",
+    "rank": "method.r",
+    "lr": "method.learning_rate",
+    "learning_rate": "method.learning_rate",
+    "batch_size": "hardware.per_device_train_batch_size",
+    "optim": "method.optimizer",
+}
+
+
+def key_problem(key: str) -> str | None:
+    """What is wrong with the dotted config key `key` (None: the schema has it). `trainer.*` is open: those
+    keys go to TRL's SFTConfig and are checked against it (training.trainer_problems)."""
+    schema: Any = RunConfig
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not dataclasses.is_dataclass(schema):
+            return None  # an open dict (trainer.*) or a value's own structure: not ours to check
+        fields = _field_types(schema)
+        if part in fields:
+            schema = fields[part]
+            continue
+        section = ".".join(parts[:depth])
+        # The same name elsewhere first (+train.lerning_rate -> method.learning_rate), then a near one here.
+        elsewhere = {k.rsplit(".", 1)[-1]: k for k in reversed(_all_keys())}
+        close = [_ALIASES[part]] if part in _ALIASES else []
+        close += [elsewhere[m] for m in difflib.get_close_matches(part, elsewhere, n=1, cutoff=0.85)]
+        prefix = f"{section}." if section else ""
+        close += [prefix + m for m in difflib.get_close_matches(part, fields, n=1, cutoff=0.7)]
+        hint = f" Did you mean {close[0]}?" if close else ""
+        where = section or "the config"
+        return (
+            f"unknown config key {key}: {where} has no key '{part}', so the value would be ignored.{hint}\n"
+            f"  Fix: use one of {where}'s keys: {', '.join(sorted(fields))}"
+        )
+    return None
+
+
+def schema_problems(cfg: DictConfig) -> list[str]:
+    """Keys the schema does not know. Hydra refuses `train.lerning_rate=1`, but appending (`+train.lerning_
+    rate=1`, Hydra's own hint) adds the key to the structured node, which OmegaConf.to_object then ignores."""
+    problems = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            if problem := key_problem(key):
+                problems.append(problem)
+            elif name != "trainer" or prefix:
+                walk(value, key + ".")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return problems
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Hydra's DictConfig -> a validated RunConfig (interpolations resolved, hydra node dropped)."""
     if "hydra" in cfg:  # present in Hydra callbacks; the schema has no such key
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
+    if problems := schema_problems(cfg):
+        raise ConfigError("\n".join(problems))
     run_cfg = OmegaConf.to_object(cfg)
     assert isinstance(run_cfg, RunConfig), type(run_cfg)
     return validate(run_cfg)
