@@ -28,6 +28,7 @@ from poetry_sft.doctor import check_environment
 from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.paths import CONF_DIR
 from poetry_sft.plan import check_budget
+from poetry_sft.preflight import check_preflight
 
 log = logging.getLogger("poetry_sft")
 
@@ -44,11 +45,7 @@ class PreflightCallback(Callback):
         try:
             _ensure_one_run_dir_for_all_processes(config)
             run_cfg = to_run_config(config)
-            if run_cfg.trainer:  # the pass-through's keys, against TRL's SFTConfig (imports trl)
-                from poetry_sft.training import trainer_problems
-
-                if problems := trainer_problems(run_cfg):
-                    raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+            check_preflight(run_cfg)  # scheduler, report_to, target modules, attention, paths, trainer.*
             check_budget(run_cfg)  # memory plan vs the profile's card, before any weights load
             check_environment(run_cfg)  # bitsandbytes that cannot load; a GPU profile on CPU-only torch
             run_dir = Path(config.hydra.run.dir)

@@ -66,6 +66,16 @@ def override_problems(argv: list[str]) -> list[str]:
         try:
             override = parser.parse_override(arg)
         except Exception:
+            key, _, value = arg.partition("=")
+            if any(ord(c) > 127 for c in value):  # Hydra's grammar reads CJK text only in quotes
+                items = [v.strip().strip("'\"") for v in value.strip("[]").split(",")]
+                quoted = f"'{value}'"
+                if value.startswith("["):
+                    quoted = "[" + ",".join(f"'{v}'" for v in items) + "]"
+                problems.append(
+                    f"{arg}: Hydra reads Chinese text only in quotes.\n"
+                    f'  Fix: quote it, "{key}={quoted}" (the outer quotes are for the shell)'
+                )
             continue
         key = override.key_or_group
         if override.is_delete() or override.package is not None or key.split(".")[0] == "hydra":

@@ -277,6 +277,16 @@ def validate(cfg: RunConfig) -> RunConfig:
     positive("data.eval_size", cfg.data.eval_size)
     if cfg.train.max_steps <= 0:
         positive("train.num_train_epochs", cfg.train.num_train_epochs)
+    for name in ("logging_steps", "eval_steps", "save_steps"):  # Trainer: 0 fails late, < 0 disables saving
+        if getattr(cfg.train, name) <= 0:
+            problems.append(f"train.{name}={getattr(cfg.train, name)} must be a positive number of steps")
+    if cfg.train.max_steps < -1:
+        problems.append(f"train.max_steps={cfg.train.max_steps} must be -1 (train.num_train_epochs) or > 0")
+    if cfg.train.dataloader_num_workers < 0:
+        problems.append(f"train.dataloader_num_workers={cfg.train.dataloader_num_workers} must be >= 0")
+    for name in ("weight_decay", "max_grad_norm"):
+        if not getattr(cfg.train, name) >= 0:
+            problems.append(f"train.{name}={getattr(cfg.train, name)} must be >= 0")
     if not 0 <= cfg.train.warmup_ratio < 1:
         problems.append(f"train.warmup_ratio={cfg.train.warmup_ratio} must be in [0, 1)")
     if cfg.data.max_samples is not None:
@@ -393,7 +403,7 @@ def _generation_prompt_problems(cfg: RunConfig, fields: set[str]) -> list[str]:
 
 
 def _data_problems(cfg: RunConfig) -> list[str]:
-    from poetry_sft.data import FORM_NAMES, prompt_fields, prompt_template
+    from poetry_sft.data import FORM_NAMES, PROMPT_SUBJECT, PROMPT_TEMPLATES, prompt_fields, prompt_template
 
     data, problems = cfg.data, []
     if not 0 <= data.min_chinese_fraction <= 1:
@@ -409,8 +419,14 @@ def _data_problems(cfg: RunConfig) -> list[str]:
     except ValueError as err:
         problems.append(f"data.prompt_template: {err}")
     else:
-        if data.prompt_style is PromptStyle.first_line and "first_line" not in fields:
-            problems.append("data.prompt_style=first_line needs {first_line} in data.prompt_template")
+        subject = PROMPT_SUBJECT[data.prompt_style]
+        if subject not in fields:  # every prompt the same text: the model learns to ignore what it is asked
+            problems.append(
+                f"data.prompt_style={data.prompt_style} needs {{{subject}}} in data.prompt_template="
+                f"{data.prompt_template!r}: every poem would get the same prompt and the model would learn "
+                f"to ignore its {subject}. Fix: put {{{subject}}} in it, e.g. "
+                f"data.prompt_template='{PROMPT_TEMPLATES[data.prompt_style]}'"
+            )
         problems += _generation_prompt_problems(cfg, fields)
         for column in ("author", "dynasty"):
             if column in fields and getattr(data, f"{column}_column") is None:
