@@ -97,6 +97,7 @@ def ensure_usable_run_dir(run_dir: Path) -> None:
             f"run_dir={run_dir} is a file, not a directory.\n"
             "  Fix: name a new directory, run_dir=runs/<new-name>."
         )
+    RunLock(run_dir).ensure_free()  # a run training there: said now, before the config checks that follow
     if not run_dir.is_dir() or is_run_dir(run_dir):
         return
     entries = sorted(p.name for p in run_dir.iterdir() if p.name not in _OS_CLUTTER)

@@ -45,13 +45,13 @@ class PreflightCallback(Callback):
         try:
             _ensure_one_run_dir_for_all_processes(config)
             run_cfg = to_run_config(config)
+            # Read-only, and cheap: a finished run, a user's folder, a run another process is training.
+            run_dir = Path(config.hydra.run.dir)
+            ensure_fresh(run_dir)
+            ensure_usable_run_dir(run_dir)
             check_preflight(run_cfg)  # scheduler, report_to, target modules, attention, paths, trainer.*
             check_budget(run_cfg)  # memory plan vs the profile's card, before any weights load
             check_environment(run_cfg)  # bitsandbytes that cannot load; a GPU profile on CPU-only torch
-            run_dir = Path(config.hydra.run.dir)
-            # Read-only checks first: a user's folder, or a finished run, gets nothing written into it.
-            ensure_fresh(run_dir)
-            ensure_usable_run_dir(run_dir)
             _claim_run_dir(run_dir)
             # Under the lock: a mismatched resume is refused before Hydra writes into the directory.
             find_resume_checkpoint(run_dir, run_cfg)

@@ -315,7 +315,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     problems.extend(_data_problems(cfg))
     problems += sampling_problems(cfg.generation)
     if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(
+            "invalid configuration:\n  - "
+            + "\n  - ".join(problems)
+            + "\n  Fix: give "
+            + ("it" if len(problems) == 1 else "each")
+            + " a value as described, key=value on the command line or in your recipe "
+            "(python -m poetry_sft --cfg job <overrides> prints the composed config)"
+        )
     return cfg
 
 

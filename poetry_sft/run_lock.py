@@ -128,12 +128,15 @@ class RunLock:
             self.held = False
             self.path.unlink(missing_ok=True)
 
-    def _take_over_if_stale(self) -> None:
+    def ensure_free(self) -> None:
+        """Refuse now if another live process holds the lock (read-only: nothing is taken over or written)."""
         try:
             text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return  # released meanwhile
-        owner = LockOwner.parse(text)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        self._refuse_if_owned(LockOwner.parse(text))
+
+    def _refuse_if_owned(self, owner: LockOwner | None) -> None:
         run_dir = self.path.parent
         if owner is None and time.time() - self.path.stat().st_mtime < 5:
             raise RunDirError(  # created a moment ago, its owner is still writing it
@@ -155,6 +158,15 @@ class RunLock:
                 f"  Fix: wait for it to finish (or stop it: kill {owner.pid}), or train elsewhere with "
                 "run_dir=runs/<new-name>."
             )
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return  # released meanwhile
+        owner = LockOwner.parse(text)
+        run_dir = self.path.parent
+        self._refuse_if_owned(owner)
         # Stale. Move it aside under a unique name (atomic: of two processes taking over, one moves it),
         # and make sure what was moved is the stale lock that was read, not a new owner's.
         aside = self.path.with_name(f"{LOCK_FILE}.stale-{uuid.uuid4().hex[:8]}")
