@@ -97,7 +97,8 @@ def ensure_usable_run_dir(run_dir: Path) -> None:
             f"run_dir={run_dir} is a file, not a directory.\n"
             "  Fix: name a new directory, run_dir=runs/<new-name>."
         )
-    RunLock(run_dir).ensure_free()  # a run training there: said now, before the config checks that follow
+    if is_main_process():  # (rank 0's own lock is what the other ranks of its launch find here)
+        RunLock(run_dir).ensure_free()  # a run training there: said now, before the config checks
     if not run_dir.is_dir() or is_run_dir(run_dir):
         return
     entries = sorted(p.name for p in run_dir.iterdir() if p.name not in _OS_CLUTTER)
@@ -185,8 +186,9 @@ class RunDirClaim:
 
 
 def _close_log_files_under(directory: Path) -> None:
-    for logger in [logging.getLogger(), *logging.getLogger().manager.loggerDict.values()]:
-        for handler in list(getattr(logger, "handlers", [])):
+    loggers = [logging.getLogger(), *logging.getLogger().manager.loggerDict.values()]
+    for logger in (lg for lg in loggers if isinstance(lg, logging.Logger)):  # not PlaceHolders
+        for handler in list(logger.handlers):
             filename = getattr(handler, "baseFilename", None)
             if filename and Path(filename).resolve().is_relative_to(directory.resolve()):
                 handler.close()

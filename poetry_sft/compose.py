@@ -82,8 +82,8 @@ def override_problems(argv: list[str]) -> list[str]:
             continue
         groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} - {"hydra", "accelerate"} | {"recipe"}
         if key in groups and not override.is_add():
-            value = override.value()
-            values = value.list if isinstance(value, ChoiceSweep) else [value]
+            given = override.value()
+            values = given.list if isinstance(given, ChoiceSweep) else [given]
             options = group_options(key)
             for choice in values:
                 if isinstance(choice, str) and choice not in options:

@@ -453,7 +453,7 @@ def _data_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
-def _field_types(schema: type) -> dict[str, Any]:
+def _field_types(schema: Any) -> dict[str, Any]:
     """A dataclass's fields -> their types, `X | None` read as X."""
     hints = typing.get_type_hints(schema)
     fields = {}
@@ -465,7 +465,7 @@ def _field_types(schema: type) -> dict[str, Any]:
     return fields
 
 
-def _all_keys(schema: type | None = None, prefix: str = "") -> list[str]:
+def _all_keys(schema: Any = None, prefix: str = "") -> list[str]:
     schema = schema or RunConfig
     keys = []
     for name, hint in _field_types(schema).items():
