@@ -134,7 +134,7 @@ class RunDirClaim:
         try:
             self.lock.acquire()
         except BaseException:
-            self._remove_empty_created_dirs()  # the directory's contents belong to the lock's owner
+            self._remove_empty_created_dirs(self.run_dir)  # its contents belong to the lock's owner
             raise
         # What was there before, read under the lock: nobody else is writing it now.
         self.entries_before = {p.name for p in self.run_dir.iterdir()}
@@ -145,16 +145,15 @@ class RunDirClaim:
             }
         return self
 
-    def _remove_empty_created_dirs(self) -> None:
+    def _remove_empty_created_dirs(self, start: Path) -> None:
+        """rmdir `start` and its parents up to the topmost one this run created, while they are empty."""
         if self.created_root is None:
             return
-        path = self.run_dir
-        while True:
+        path = start
+        while path.is_relative_to(self.created_root):
             try:
-                path.rmdir()  # only if empty
-            except OSError:
-                return
-            if path == self.created_root:
+                path.rmdir()
+            except OSError:  # not empty: another run lives there too
                 return
             path = path.parent
 
@@ -170,7 +169,9 @@ class RunDirClaim:
     def _undo(self) -> None:
         if self.created_root is not None:
             self.lock.held = False  # removed with the directory
-            shutil.rmtree(self.created_root, ignore_errors=True)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            # and the parents it made (runs/), unless another run has moved in there meanwhile
+            self._remove_empty_created_dirs(self.run_dir.parent)
             return
         for path in self.run_dir.iterdir():
             if path.name not in self.entries_before and path.name != LOCK_FILE:

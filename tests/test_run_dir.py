@@ -157,3 +157,16 @@ def test_failing_before_training_leaves_an_interrupted_run_as_it_was(poems_file:
     result = _launch(overrides, tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert snapshot(run_dir) == before  # Hydra's .hydra/ put back, its new log removed, config.yaml as it was
+
+
+def test_an_abandoned_run_removes_only_what_it_created(tmp_path: Path):
+    runs = tmp_path / "runs"
+    claim = artifacts.RunDirClaim(runs / "a").acquire()  # creates runs/ and runs/a
+    (runs / "b").mkdir()  # meanwhile another run starts beside it
+    (runs / "a" / "config.yaml").write_text("x")
+    claim.abandon()
+    assert sorted(p.name for p in runs.iterdir()) == ["b"]
+
+    alone = artifacts.RunDirClaim(tmp_path / "new" / "run").acquire()
+    alone.abandon()
+    assert not (tmp_path / "new").exists()
