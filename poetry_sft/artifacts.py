@@ -10,6 +10,10 @@
   metrics.json     written last: its presence marks a finished run
   error.json       a sweep job that failed: the error and the tail of its log (removed when it is retried)
   .hydra/          Hydra's composed config and overrides
+  .poetry_sft.lock while a process trains here (poetry_sft/run_lock.py): a second one is refused
+
+A directory is a run if it holds our config (config.yaml or .hydra/config.yaml with model/method/hardware/
+data) or our lock; any other non-empty directory (a user's folder, `run_dir=.`) is refused untouched.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft.config import RunConfig, validate
 from poetry_sft.errors import RunDirError
+from poetry_sft.run_lock import LOCK_FILE, RunLock
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -63,6 +68,134 @@ def ensure_fresh(run_dir: Path) -> None:
             f"{run_dir} already holds a finished run ({METRICS_FILE} exists); it is never overwritten.\n"
             f"  Fix: choose a new directory, run_dir=runs/<new-name>, or move {run_dir} away yourself."
         )
+
+
+_RUN_KEYS = {"model", "method", "hardware", "data"}
+# What an OS puts into any folder: it does not make an empty folder someone's files.
+_OS_CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+def _is_our_config(path: Path) -> bool:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception:  # not YAML, not readable: someone else's config.yaml
+        return False
+    return isinstance(cfg, DictConfig) and set(cfg.keys()) >= _RUN_KEYS
+
+
+def is_run_dir(run_dir: Path) -> bool:
+    """A directory poetry_sft wrote: our config (ours or Hydra's copy of it) or our lock is in it."""
+    return (
+        (run_dir / LOCK_FILE).is_file()
+        or _is_our_config(run_dir / CONFIG_FILE)
+        or _is_our_config(run_dir / ".hydra" / CONFIG_FILE)
+    )
+
+
+def ensure_usable_run_dir(run_dir: Path) -> None:
+    """Refuse a run_dir that is a file, or a non-empty directory that is not a poetry_sft run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(
+            f"run_dir={run_dir} is a file, not a directory.\n"
+            "  Fix: name a new directory, run_dir=runs/<new-name>."
+        )
+    if is_main_process():  # (rank 0's own lock is what the other ranks of its launch find here)
+        RunLock(run_dir).ensure_free()  # a run training there: said now, before the config checks
+    if not run_dir.is_dir() or is_run_dir(run_dir):
+        return
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name not in _OS_CLUTTER)
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise RunDirError(
+            f"run_dir={run_dir} is a non-empty directory that is not a poetry_sft run ({shown}); a run would "
+            f"write its {CONFIG_FILE}, model/ and checkpoints/ among those files, so nothing was written.\n"
+            "  Fix: name a new or empty directory, run_dir=runs/<new-name>."
+        )
+
+
+class RunDirClaim:
+    """This process's hold on its run directory, from preflight to the end of the run.
+
+    Locks it (rank 0 only) and remembers what was there before, so that a run failing before training can
+    leave things as they were: a directory it created is removed, in an existing one only what it added
+    goes, and Hydra's copy of the config (.hydra/) is put back.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.lock = RunLock(run_dir)
+        created = run_dir
+        while not created.parent.exists() and created.parent != created:
+            created = created.parent
+        self.created_root: Path | None = None if run_dir.exists() else created
+        self.entries_before: set[str] = set()
+        self.hydra_before: dict[str, tuple[bytes, int]] = {}
+
+    def acquire(self) -> RunDirClaim:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.lock.acquire()
+        except BaseException:
+            self._remove_empty_created_dirs(self.run_dir)  # its contents belong to the lock's owner
+            raise
+        # What was there before, read under the lock: nobody else is writing it now.
+        self.entries_before = {p.name for p in self.run_dir.iterdir()}
+        hydra_dir = self.run_dir / ".hydra"
+        if hydra_dir.is_dir():
+            self.hydra_before = {
+                p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in hydra_dir.iterdir() if p.is_file()
+            }
+        return self
+
+    def _remove_empty_created_dirs(self, start: Path) -> None:
+        """rmdir `start` and its parents up to the topmost one this run created, while they are empty."""
+        if self.created_root is None:
+            return
+        path = start
+        while path.is_relative_to(self.created_root):
+            try:
+                path.rmdir()
+            except OSError:  # not empty: another run lives there too
+                return
+            path = path.parent
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def abandon(self) -> None:
+        """The run failed before training: undo what it wrote, then release the lock."""
+        _close_log_files_under(self.run_dir)  # Windows cannot delete a file that is still open
+        self._undo()
+        self.lock.release()
+
+    def _undo(self) -> None:
+        if self.created_root is not None:
+            self.lock.held = False  # removed with the directory
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            # and the parents it made (runs/), unless another run has moved in there meanwhile
+            self._remove_empty_created_dirs(self.run_dir.parent)
+            return
+        for path in self.run_dir.iterdir():
+            if path.name not in self.entries_before and path.name != LOCK_FILE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        hydra_dir = self.run_dir / ".hydra"
+        if ".hydra" in self.entries_before and hydra_dir.is_dir():  # Hydra rewrote it: put it back
+            for path in hydra_dir.iterdir():
+                if path.name not in self.hydra_before and path.is_file():
+                    path.unlink()
+            for name, (content, mtime_ns) in self.hydra_before.items():
+                (hydra_dir / name).write_bytes(content)
+                os.utime(hydra_dir / name, ns=(mtime_ns, mtime_ns))
+
+
+def _close_log_files_under(directory: Path) -> None:
+    loggers = [logging.getLogger(), *logging.getLogger().manager.loggerDict.values()]
+    for logger in (lg for lg in loggers if isinstance(lg, logging.Logger)):  # not PlaceHolders
+        for handler in list(logger.handlers):
+            filename = getattr(handler, "baseFilename", None)
+            if filename and Path(filename).resolve().is_relative_to(directory.resolve()):
+                handler.close()
+                logger.removeHandler(handler)
 
 
 def is_complete_checkpoint(checkpoint: Path) -> bool:
@@ -217,7 +350,10 @@ def save_run_config(cfg: RunConfig, run_dir: Path) -> None:
     if not is_main_process():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.structured(cfg), run_dir / CONFIG_FILE)
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    path = run_dir / CONFIG_FILE
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):  # a resume leaves it as it was
+        path.write_text(text, encoding="utf-8")
 
 
 def load_run_config(run_dir: Path) -> RunConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -14,15 +15,27 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from poetry_sft.artifacts import find_resume_checkpoint
-from poetry_sft.compose import register_recipes
+from poetry_sft.artifacts import (
+    RunDirClaim,
+    ensure_fresh,
+    ensure_usable_run_dir,
+    find_resume_checkpoint,
+    is_main_process,
+)
+from poetry_sft.compose import override_problems, register_recipes
 from poetry_sft.config import register_configs, to_run_config
 from poetry_sft.doctor import check_environment
 from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.paths import CONF_DIR
 from poetry_sft.plan import check_budget
+from poetry_sft.preflight import check_preflight
 
 log = logging.getLogger("poetry_sft")
+
+
+# This process's hold on its run directory: taken at preflight, released when the run ends (or undone
+# when it fails before training). Module state because Hydra's callback and task function share nothing else.
+_claim: RunDirClaim | None = None
 
 
 class PreflightCallback(Callback):
@@ -31,18 +44,44 @@ class PreflightCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             _ensure_one_run_dir_for_all_processes(config)
-            # A finished run is refused and a mismatched resume too, before Hydra writes into the directory.
             run_cfg = to_run_config(config)
-            if run_cfg.trainer:  # the pass-through's keys, against TRL's SFTConfig (imports trl)
-                from poetry_sft.training import trainer_problems
-
-                if problems := trainer_problems(run_cfg):
-                    raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
-            find_resume_checkpoint(Path(config.hydra.run.dir), run_cfg)
+            # Read-only, and cheap: a finished run, a user's folder, a run another process is training.
+            run_dir = Path(config.hydra.run.dir)
+            ensure_fresh(run_dir)
+            ensure_usable_run_dir(run_dir)
+            check_preflight(run_cfg)  # scheduler, report_to, target modules, attention, paths, trainer.*
             check_budget(run_cfg)  # memory plan vs the profile's card, before any weights load
             check_environment(run_cfg)  # bitsandbytes that cannot load; a GPU profile on CPU-only torch
+            _claim_run_dir(run_dir)
+            # Under the lock: a mismatched resume is refused before Hydra writes into the directory.
+            find_resume_checkpoint(run_dir, run_cfg)
         except PoetrySFTError as err:
+            _abandon_run_dir()
             _exit_with(err)
+
+
+def _claim_run_dir(run_dir: Path) -> None:
+    """Lock the run directory for this run's lifetime (rank 0 only: the other ranks train beside it)."""
+    global _claim
+    if not is_main_process():
+        return
+    _claim = RunDirClaim(run_dir).acquire()
+    atexit.register(_release_run_dir)  # also if Hydra fails between the callback and the task
+
+
+def _release_run_dir() -> None:
+    global _claim
+    if _claim is not None:
+        _claim.release()
+        _claim = None
+
+
+def _abandon_run_dir() -> None:
+    """A run that fails before training leaves no stub directory, and nothing new in an existing one."""
+    global _claim
+    if _claim is not None:
+        _claim.abandon()
+        _claim = None
 
 
 def _ensure_one_run_dir_for_all_processes(config: DictConfig) -> None:
@@ -81,10 +120,22 @@ def _run(cfg: DictConfig) -> float | None:
 
     from poetry_sft.training import train
 
+    training_started = False
+
+    def on_training_start() -> None:
+        nonlocal training_started
+        training_started = True
+
     try:
-        metrics = train(to_run_config(cfg), run_dir)
-    except PoetrySFTError as err:
-        _exit_with(err)
+        metrics = train(to_run_config(cfg), run_dir, on_training_start)
+    except BaseException as err:  # also a crash or Ctrl-C while loading: nothing there is worth keeping
+        if not training_started:
+            _abandon_run_dir()
+        if isinstance(err, PoetrySFTError):
+            _exit_with(err)
+        raise
+    finally:
+        _release_run_dir()
     log.info("finished: %s (eval_loss %.4f)", run_dir, metrics["eval_loss"])
     log.info("write poems with it: python -m poetry_sft.generate %s --title 春夜喜雨", run_dir)
     return metrics["eval_loss"]  # what a Hydra sweeper minimises
@@ -96,6 +147,8 @@ def main() -> None:
     register_configs()
     register_recipes()
     register_resolvers()
+    if problems := override_problems(sys.argv[1:]):  # before Hydra, whose messages name no fix
+        _exit_with(ConfigError("\n".join(problems)))
     sys.argv = _per_process_overrides(sys.argv)
     _run()
     from poetry_sft.sweep_report import sweep_failure

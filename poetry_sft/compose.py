@@ -6,10 +6,16 @@ and the tests.
 
 from __future__ import annotations
 
+import difflib
+
 from omegaconf import DictConfig, OmegaConf
 
-from poetry_sft.config import RunConfig, register_configs, to_run_config
+from poetry_sft.config import RunConfig, key_problem, register_configs, to_run_config
 from poetry_sft.paths import CONF_DIR, RECIPES_DIR
+
+# Hydra's command-line flags that take the next word as their value (python -m poetry_sft --help).
+_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c"}
+_FLAGS_WITH_VALUE |= {"--package", "-p", "--experimental-rerun"}
 
 
 def register_recipes() -> None:
@@ -36,3 +42,58 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
 def run_config(overrides: list[str]) -> RunConfig:
     """The validated RunConfig of these overrides."""
     return to_run_config(compose_config(overrides))
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: conf/<group>/*.yaml (recipes/*.yaml for `recipe`)."""
+    folder = RECIPES_DIR if group == "recipe" else CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def override_problems(argv: list[str]) -> list[str]:
+    """Overrides on a command line that name a key the schema lacks, or a group option that does not
+    exist, in our words (the key, the closest match, the allowed ones) before Hydra composes anything.
+    Anything this cannot parse is left to Hydra, which reports it itself."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    parser = OverridesParser.create()
+    problems, skip_next = [], False
+    for arg in argv:
+        if skip_next or arg.startswith("-"):
+            skip_next = arg in _FLAGS_WITH_VALUE
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:
+            key, _, value = arg.partition("=")
+            if any(ord(c) > 127 for c in value):  # Hydra's grammar reads CJK text only in quotes
+                items = [v.strip().strip("'\"") for v in value.strip("[]").split(",")]
+                quoted = f"'{value}'"
+                if value.startswith("["):
+                    quoted = "[" + ",".join(f"'{v}'" for v in items) + "]"
+                problems.append(
+                    f"{arg}: Hydra reads Chinese text only in quotes.\n"
+                    f'  Fix: quote it, "{key}={quoted}" (the outer quotes are for the shell)'
+                )
+            continue
+        key = override.key_or_group
+        if override.is_delete() or override.package is not None or key.split(".")[0] == "hydra":
+            continue
+        groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} - {"hydra", "accelerate"} | {"recipe"}
+        if key in groups and not override.is_add():
+            given = override.value()
+            values = given.list if isinstance(given, ChoiceSweep) else [given]
+            options = group_options(key)
+            for choice in values:
+                if isinstance(choice, str) and choice not in options:
+                    close = difflib.get_close_matches(choice, options, n=1)
+                    hint = f" Did you mean {key}={close[0]}?" if close else ""
+                    problems.append(
+                        f"{key}={choice} is not an option of the {key} group.{hint}\n"
+                        f"  Fix: choose one of {', '.join(options)}"
+                        + (" (recipes/)" if key == "recipe" else f" (conf/{key}/)")
+                    )
+        elif key not in groups and (problem := key_problem(key)):
+            problems.append(problem)
+    return problems

@@ -9,7 +9,11 @@ involve several fields live in :func:`validate`, called right after ``OmegaConf.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -291,6 +295,16 @@ def validate(cfg: RunConfig) -> RunConfig:
     positive("data.eval_size", cfg.data.eval_size)
     if cfg.train.max_steps <= 0:
         positive("train.num_train_epochs", cfg.train.num_train_epochs)
+    for name in ("logging_steps", "eval_steps", "save_steps"):  # Trainer: 0 fails late, < 0 disables saving
+        if getattr(cfg.train, name) <= 0:
+            problems.append(f"train.{name}={getattr(cfg.train, name)} must be a positive number of steps")
+    if cfg.train.max_steps < -1:
+        problems.append(f"train.max_steps={cfg.train.max_steps} must be -1 (train.num_train_epochs) or > 0")
+    if cfg.train.dataloader_num_workers < 0:
+        problems.append(f"train.dataloader_num_workers={cfg.train.dataloader_num_workers} must be >= 0")
+    for name in ("weight_decay", "max_grad_norm"):
+        if not getattr(cfg.train, name) >= 0:
+            problems.append(f"train.{name}={getattr(cfg.train, name)} must be >= 0")
     if not 0 <= cfg.train.warmup_ratio < 1:
         problems.append(f"train.warmup_ratio={cfg.train.warmup_ratio} must be in [0, 1)")
     if cfg.data.max_samples is not None:
@@ -319,7 +333,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     problems.extend(_data_problems(cfg))
     problems += sampling_problems(cfg.generation)
     if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(
+            "invalid configuration:\n  - "
+            + "\n  - ".join(problems)
+            + "\n  Fix: give "
+            + ("it" if len(problems) == 1 else "each")
+            + " a value as described, key=value on the command line or in your recipe "
+            "(python -m poetry_sft --cfg job <overrides> prints the composed config)"
+        )
     return cfg
 
 
@@ -408,7 +429,7 @@ def _generation_prompt_problems(cfg: RunConfig, fields: set[str]) -> list[str]:
 
 def _data_problems(cfg: RunConfig) -> list[str]:
     from poetry_sft.poetry import CORPUS_FORMS
-    from poetry_sft.prompts import prompt_fields, prompt_template
+    from poetry_sft.prompts import PROMPT_SUBJECT, PROMPT_TEMPLATES, prompt_fields, prompt_template
 
     data, problems = cfg.data, []
     if not 0 <= data.min_chinese_fraction <= 1:
@@ -424,8 +445,14 @@ def _data_problems(cfg: RunConfig) -> list[str]:
     except ValueError as err:
         problems.append(f"data.prompt_template: {err}")
     else:
-        if data.prompt_style is PromptStyle.first_line and "first_line" not in fields:
-            problems.append("data.prompt_style=first_line needs {first_line} in data.prompt_template")
+        subject = PROMPT_SUBJECT[data.prompt_style]
+        if subject not in fields:  # every prompt the same text: the model learns to ignore what it is asked
+            problems.append(
+                f"data.prompt_style={data.prompt_style} needs {{{subject}}} in data.prompt_template="
+                f"{data.prompt_template!r}: every poem would get the same prompt and the model would learn "
+                f"to ignore its {subject}. Fix: put {{{subject}}} in it, e.g. "
+                f"data.prompt_template='{PROMPT_TEMPLATES[data.prompt_style]}'"
+            )
         problems += _generation_prompt_problems(cfg, fields)
         for column in ("author", "dynasty"):
             if column in fields and getattr(data, f"{column}_column") is None:
@@ -445,12 +472,95 @@ def _data_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+def _field_types(schema: Any) -> dict[str, Any]:
+    """A dataclass's fields -> their types, `X | None` read as X."""
+    hints = typing.get_type_hints(schema)
+    fields = {}
+    for f in dataclasses.fields(schema):
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        fields[f.name] = hint
+    return fields
+
+
+def _all_keys(schema: Any = None, prefix: str = "") -> list[str]:
+    schema = schema or RunConfig
+    keys = []
+    for name, hint in _field_types(schema).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(hint):
+            keys += _all_keys(hint, f"{prefix}{name}.")
+    return keys
+
+
+# Names other tools use for our keys (peft's LoraConfig says r, TRL's scripts say learning_rate).
+_ALIASES = {
+    "lora_rank": "method.r",
+    "lora_r": "method.r",
+    "rank": "method.r",
+    "lr": "method.learning_rate",
+    "learning_rate": "method.learning_rate",
+    "batch_size": "hardware.per_device_train_batch_size",
+    "optim": "method.optimizer",
+}
+
+
+def key_problem(key: str) -> str | None:
+    """What is wrong with the dotted config key `key` (None: the schema has it). `trainer.*` is open: those
+    keys go to TRL's SFTConfig and are checked against it (training.trainer_problems)."""
+    schema: Any = RunConfig
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not dataclasses.is_dataclass(schema):
+            return None  # an open dict (trainer.*) or a value's own structure: not ours to check
+        fields = _field_types(schema)
+        if part in fields:
+            schema = fields[part]
+            continue
+        section = ".".join(parts[:depth])
+        # The same name elsewhere first (+train.lerning_rate -> method.learning_rate), then a near one here.
+        elsewhere = {k.rsplit(".", 1)[-1]: k for k in reversed(_all_keys())}
+        close = [_ALIASES[part]] if part in _ALIASES else []
+        close += [elsewhere[m] for m in difflib.get_close_matches(part, elsewhere, n=1, cutoff=0.85)]
+        prefix = f"{section}." if section else ""
+        close += [prefix + m for m in difflib.get_close_matches(part, fields, n=1, cutoff=0.7)]
+        hint = f" Did you mean {close[0]}?" if close else ""
+        where = section or "the config"
+        return (
+            f"unknown config key {key}: {where} has no key '{part}', so the value would be ignored.{hint}\n"
+            f"  Fix: use one of {where}'s keys: {', '.join(sorted(fields))}"
+        )
+    return None
+
+
+def schema_problems(cfg: DictConfig) -> list[str]:
+    """Keys the schema does not know. Hydra refuses `train.lerning_rate=1`, but appending (`+train.lerning_
+    rate=1`, Hydra's own hint) adds the key to the structured node, which OmegaConf.to_object then ignores."""
+    problems = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            if problem := key_problem(key):
+                problems.append(problem)
+            elif name != "trainer" or prefix:
+                walk(value, key + ".")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return problems
+
+
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Hydra's DictConfig -> a validated RunConfig (interpolations resolved, hydra node dropped)."""
     if "hydra" in cfg:  # present in Hydra callbacks; the schema has no such key
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
+    if problems := schema_problems(cfg):
+        raise ConfigError("\n".join(problems))
     run_cfg = OmegaConf.to_object(cfg)
     assert isinstance(run_cfg, RunConfig), type(run_cfg)
     return validate(run_cfg)

@@ -6,7 +6,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,7 +191,9 @@ def real_token_fraction(trainer: SFTTrainer, max_batches: int = 64) -> float:
     return round(real / total, 4) if total else 0.0
 
 
-def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+def train(
+    cfg: RunConfig, run_dir: Path, on_training_start: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics.
 
     A run directory with checkpoints of the same config resumes from the newest complete one: Trainer
@@ -200,7 +202,6 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint = artifacts.find_resume_checkpoint(run_dir, cfg)
     _warn_about_damaged_checkpoints(run_dir, checkpoint)
     resumed = artifacts.read_trainer_state(checkpoint) if checkpoint else {}  # before rotation deletes it
-    artifacts.discard_incomplete_checkpoints(run_dir)
     artifacts.save_run_config(cfg, run_dir)
     _cap_gpu_memory(cfg.hardware)
     log.info("precision: %s", precision_choice(cfg.train.precision)[1])
@@ -210,6 +211,10 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     else:
         log.info("interrupted? the same command with run_dir=%s resumes from the last checkpoint", run_dir)
     token_fraction = real_token_fraction(trainer)
+    if on_training_start:  # the command line: a failure from here on leaves the run directory to resume
+        on_training_start()
+    # Only now that the run trains: a start that fails (data, model) leaves the directory as it was
+    artifacts.discard_incomplete_checkpoints(run_dir)
     _reset_peak_memory()
     started = time.perf_counter()
     if checkpoint and 0 < resumed.get("max_steps", 0) <= resumed["global_step"]:

@@ -76,6 +76,31 @@ def test_bad_config_fails_before_anything_is_written(tmp_path: Path, override: s
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("+train.lerning_rate=1", ["train.lerning_rate", "Did you mean method.learning_rate?"]),
+        ("+method.lora_rnk=4", ["method.lora_rnk", "lora_alpha, lora_dropout"]),
+        ("+foo=1", ["unknown config key foo", "data, generation, hardware"]),
+        ("+model.random_init.hiden_size=8", ["Did you mean model.random_init.hidden_size?"]),
+    ],
+)
+def test_appended_keys_the_schema_lacks_are_refused(override: str, words: list[str]):
+    """Hydra's hint for a misspelled key is `+key=value`; that appends to the structured node, and
+    OmegaConf.to_object silently drops it: composing must refuse it like the misspelling itself."""
+    from poetry_sft.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run_config(["model=tiny", "data=sample", override])
+    for word in words:
+        assert word in str(err.value)
+    assert "Fix: use one of" in str(err.value)
+
+
+def test_the_trainer_pass_through_stays_open():
+    assert run_config(["+trainer.neftune_noise_alpha=5"]).trainer == {"neftune_noise_alpha": 5}
+
+
 def test_finished_run_is_never_overwritten(tmp_path: Path):
     run_dir = tmp_path / "done"
     run_dir.mkdir()
