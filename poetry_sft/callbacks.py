@@ -14,16 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from transformers import TrainerCallback
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from poetry_sft.config import RunConfig
 from poetry_sft.generate import generate_poems
 from poetry_sft.poetry import score_poems
 
 if TYPE_CHECKING:
-    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+    from transformers import PreTrainedModel, Trainer, TrainerControl, TrainerState, TrainingArguments
 
 EVAL_POEMS_FILE = "eval_poems.jsonl"
 PREFIX = "eval_poetry/"
@@ -50,9 +50,12 @@ class PoetryEvalCallback(TrainerCallback):
             return
         # Unconstrained: the point is what the model writes on its own. generate_poems switches the model
         # to eval mode, uses the KV cache (no packing in generation), and restores train mode after.
+        tokenizer = self.trainer.processing_class
+        assert isinstance(tokenizer, PreTrainedTokenizerBase)  # training.train passes the tokenizer
         poems = generate_poems(
-            self.trainer.model,
-            self.trainer.processing_class,
+            # a PreTrainedModel, or a PeftModel around one: it generates as the model it wraps
+            cast("PreTrainedModel", self.trainer.model),
+            tokenizer,
             self.titles,
             self.data_cfg,
             self.sampling,

@@ -5,9 +5,13 @@ from __future__ import annotations
 import errno
 import functools
 import sys
-from collections.abc import Callable
+from typing import Protocol
 
-Main = Callable[[list[str] | None], int]
+
+class Main(Protocol):
+    """A command's entry point: main(argv) -> exit code; argv None means sys.argv[1:]."""
+
+    def __call__(self, argv: list[str] | None = None) -> int: ...
 
 
 class PoetrySFTError(Exception):

@@ -242,9 +242,9 @@ def write_gguf(
     writer.add_token_list(vocabulary.tokens)
     writer.add_token_types(vocabulary.token_types)
     writer.add_token_merges(vocabulary.merges)
-    writer.add_eos_token_id(tokenizer.convert_tokens_to_ids(END_OF_TURN))
-    writer.add_pad_token_id(tokenizer.convert_tokens_to_ids(END_OF_TEXT))
-    writer.add_bos_token_id(tokenizer.convert_tokens_to_ids(END_OF_TEXT))
+    writer.add_eos_token_id(_token_id(tokenizer, END_OF_TURN))
+    writer.add_pad_token_id(_token_id(tokenizer, END_OF_TEXT))
+    writer.add_bos_token_id(_token_id(tokenizer, END_OF_TEXT))
     writer.add_add_bos_token(False)  # Qwen prepends nothing
     writer.add_chat_template(no_think_chat_template(tokenizer, cfg.data.system_prompt))
 
@@ -262,9 +262,15 @@ def write_gguf(
     writer.close()
 
 
+def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    assert isinstance(token_id, int)  # one token in, one id out
+    return token_id
+
+
 def _rope_theta(config: Any) -> float:
-    params = getattr(config, "rope_parameters", None) or {}
-    return params.get("rope_theta") or getattr(config, "rope_theta", 1_000_000.0)
+    params: Any = getattr(config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta") or getattr(config, "rope_theta", 1_000_000.0))
 
 
 def gguf_tensors(model: PreTrainedModel, qtype: Any):

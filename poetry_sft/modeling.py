@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from poetry_sft.config import MethodConfig, ModelConfig, ModelHub, Precision, RunConfig
@@ -162,7 +163,9 @@ def peft_config(method: MethodConfig) -> LoraConfig | None:
         target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
         use_dora=method.use_dora,
         use_rslora=method.use_rslora,
-        init_lora_weights=init,
+        # A config string that config.method_problems checked against peft's choices; peft's Literal
+        # cannot hold them all (it spells pissa_niter_N as "pissa_niter_[number of iters]").
+        init_lora_weights=init,  # type: ignore[arg-type]
     )
 
 
@@ -175,9 +178,11 @@ class _explain_load_failure:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc is None or not isinstance(exc, (OSError, ValueError, ConnectionError)):
-            return False
+            return  # not swallowed: the exception, if any, propagates unchanged
         raise ResourceNotFoundError(
             f"could not load the {self.what} '{self.name_or_path}': {str(exc).splitlines()[0]}\n"
             "  It is neither a local directory nor reachable on the Hugging Face Hub (offline? typo?).\n"

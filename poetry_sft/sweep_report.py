@@ -55,7 +55,7 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for overrides_file in sorted(sweep_dir.glob(f"*/{OVERRIDES_FILE.as_posix()}")):
         job_dir = overrides_file.parent.parent
-        overrides = dict(_split(line) for line in OmegaConf.load(overrides_file))
+        overrides = dict(_split(str(line)) for line in OmegaConf.load(overrides_file))
         if artifacts.is_finished(job_dir):
             metrics = json.loads((job_dir / artifacts.METRICS_FILE).read_text(encoding="utf-8"))
             jobs.append(Job(job_dir.name, "finished", overrides, metrics))

@@ -42,7 +42,7 @@ CSS = (
 )
 
 
-def _message(err: Exception) -> str:
+def _message(err: Exception | str) -> str:
     return f'<div class="sf-message" role="alert">⚠ {err}</div>'
 
 
@@ -178,7 +178,7 @@ def build(studio: Studio) -> gr.Blocks:
             seed_value: float | None,
             count: float,
             model_choice: str,
-        ) -> Iterator[tuple[str, str, str]]:
+        ) -> Iterator[tuple[str, str | dict[str, Any], str | dict[str, Any]]]:
             try:
                 progress = studio.write(
                     name or "",
