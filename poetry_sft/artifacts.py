@@ -31,7 +31,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from poetry_sft.config import RunConfig, validate
+from poetry_sft.checks import validate
+from poetry_sft.config import RunConfig
 from poetry_sft.errors import RunDirError
 from poetry_sft.run_lock import LOCK_FILE, RunLock
 

@@ -22,8 +22,9 @@ from poetry_sft.artifacts import (
     find_resume_checkpoint,
     is_main_process,
 )
+from poetry_sft.checks import to_run_config
 from poetry_sft.compose import override_problems, register_recipes
-from poetry_sft.config import register_configs, to_run_config
+from poetry_sft.config import register_configs
 from poetry_sft.doctor import check_environment
 from poetry_sft.errors import ConfigError, PoetrySFTError
 from poetry_sft.paths import CONF_DIR

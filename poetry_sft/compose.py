@@ -10,7 +10,8 @@ import difflib
 
 from omegaconf import DictConfig, OmegaConf
 
-from poetry_sft.config import RunConfig, key_problem, register_configs, to_run_config
+from poetry_sft.checks import to_run_config
+from poetry_sft.config import RunConfig, key_problem, register_configs
 from poetry_sft.paths import CONF_DIR, RECIPES_DIR
 
 # Hydra's command-line flags that take the next word as their value (python -m poetry_sft --help).

@@ -8,7 +8,6 @@ involve several fields live in :func:`validate`, called right after ``OmegaConf.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import math
@@ -19,10 +18,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
-
-from poetry_sft.errors import ConfigError
-from poetry_sft.memory import OPTIMIZERS  # the ones the memory plan models
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class _Choice(str, Enum):
@@ -279,8 +275,8 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    """Cross-field rules that a type cannot express. Raises ConfigError naming the key and the fix."""
+def rule_problems(cfg: RunConfig) -> list[str]:
+    """Cross-field rules of the schema alone (the ones needing the domain are in checks.py)."""
     problems: list[str] = []
 
     def positive(key: str, value: float) -> None:
@@ -309,9 +305,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         problems.append(f"train.warmup_ratio={cfg.train.warmup_ratio} must be in [0, 1)")
     if cfg.data.max_samples is not None:
         positive("data.max_samples", cfg.data.max_samples)
-    if cfg.optimizer not in OPTIMIZERS:
-        key = "method.optimizer" if cfg.method.optimizer else "hardware.optimizer"
-        problems.append(f"{key}={cfg.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     problems += _method_problems(cfg)
     if cfg.method.uses_adapter:
         positive("method.r", cfg.method.r)
@@ -331,17 +324,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.method.quantized and cfg.method.bnb_4bit_quant_type not in ("nf4", "fp4"):
         problems.append(f"method.bnb_4bit_quant_type={cfg.method.bnb_4bit_quant_type!r} must be nf4 or fp4")
     problems.extend(_data_problems(cfg))
-    problems += sampling_problems(cfg.generation)
-    if problems:
-        raise ConfigError(
-            "invalid configuration:\n  - "
-            + "\n  - ".join(problems)
-            + "\n  Fix: give "
-            + ("it" if len(problems) == 1 else "each")
-            + " a value as described, key=value on the command line or in your recipe "
-            "(python -m poetry_sft --cfg job <overrides> prints the composed config)"
-        )
-    return cfg
+    return problems
 
 
 def _method_problems(cfg: RunConfig) -> list[str]:
@@ -375,62 +358,7 @@ def _method_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
-def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]:
-    """What is wrong with sampling settings (shared by the config and the generate command's flags)."""
-    from poetry_sft.poetry import FORMS  # numpy and friends: only once a config is checked
-
-    problems = []
-    for name in ("max_new_tokens", "batch_size", "num_eval_poems", "eval_max_new_tokens"):
-        if getattr(gen, name) <= 0:
-            problems.append(f"{key}.{name}={getattr(gen, name)} must be a positive integer")
-    if gen.do_sample and not gen.temperature > 0:
-        problems.append(f"{key}.temperature={gen.temperature} must be > 0 when sampling ({key}.do_sample)")
-    if not 0 < gen.top_p <= 1:
-        problems.append(f"{key}.top_p={gen.top_p} must be in (0, 1]")
-    if gen.top_k < 0:
-        problems.append(f"{key}.top_k={gen.top_k} must be >= 0 (0: no top-k filtering)")
-    if not gen.repetition_penalty > 0:
-        problems.append(f"{key}.repetition_penalty={gen.repetition_penalty} must be > 0 (1: none)")
-    if gen.form is not None and gen.form not in FORMS:
-        problems.append(f"{key}.form={gen.form!r} is not one of {', '.join(FORMS)} (or null: any form)")
-    if gen.showcase and not gen.report:
-        problems.append(f"{key}.showcase=true shows the eval report's poems: set {key}.report=true too")
-    if gen.rhyme and gen.form is None:
-        problems.append(f"{key}.rhyme=true needs {key}.form: rhyme is enforced within a regulated form")
-    return problems
-
-
-def _generation_prompt_problems(cfg: RunConfig, fields: set[str]) -> list[str]:
-    """A run that writes poems (generation.eval_titles, sample_titles, generation.report) must be able to
-    build its prompts from a title alone (plus generation.form): found before training, not after."""
-    from poetry_sft.prompts import PROMPT_SUBJECT
-
-    if not (cfg.generation.eval_titles or cfg.sample_titles or cfg.generation.report):
-        return []
-    style, given = cfg.data.prompt_style, {PROMPT_SUBJECT[cfg.data.prompt_style]}
-    problems = []
-    if missing := sorted(fields - given - ({"form"} if cfg.generation.form else set())):
-        fix = (
-            "set generation.form=七言绝句 (or another regulated form)"
-            if missing == ["form"]
-            else ("use a data.prompt_template with only {" + next(iter(given)) + "} (and {form})")
-        )
-        problems.append(
-            f"data.prompt_style={style} prompts need {', '.join(missing)}, which generation.eval_titles/"
-            f"sample_titles/report cannot give: {fix}, or drop those settings"
-        )
-    if style is PromptStyle.first_line and cfg.generation.form and cfg.sample_titles:
-        problems.append(
-            "sample_titles with generation.form constrain whole poems, but data.prompt_style=first_line runs "
-            "continue a first line: set generation.form=null or drop sample_titles"
-        )
-    return problems
-
-
 def _data_problems(cfg: RunConfig) -> list[str]:
-    from poetry_sft.poetry import CORPUS_FORMS
-    from poetry_sft.prompts import PROMPT_SUBJECT, PROMPT_TEMPLATES, prompt_fields, prompt_template
-
     data, problems = cfg.data, []
     if not 0 <= data.min_chinese_fraction <= 1:
         problems.append(f"data.min_chinese_fraction={data.min_chinese_fraction} must be in [0, 1]")
@@ -438,25 +366,6 @@ def _data_problems(cfg: RunConfig) -> list[str]:
         problems.append(f"data.max_chars={data.max_chars} must be at least data.min_chars={data.min_chars}")
     if data.max_keywords < 1:
         problems.append(f"data.max_keywords={data.max_keywords} must be at least 1")
-    if unknown := [f for f in data.forms if f not in CORPUS_FORMS]:
-        problems.append(f"data.forms: unknown {unknown}; choose from {', '.join(CORPUS_FORMS)}")
-    try:
-        fields = prompt_fields(prompt_template(data))
-    except ValueError as err:
-        problems.append(f"data.prompt_template: {err}")
-    else:
-        subject = PROMPT_SUBJECT[data.prompt_style]
-        if subject not in fields:  # every prompt the same text: the model learns to ignore what it is asked
-            problems.append(
-                f"data.prompt_style={data.prompt_style} needs {{{subject}}} in data.prompt_template="
-                f"{data.prompt_template!r}: every poem would get the same prompt and the model would learn "
-                f"to ignore its {subject}. Fix: put {{{subject}}} in it, e.g. "
-                f"data.prompt_template='{PROMPT_TEMPLATES[data.prompt_style]}'"
-            )
-        problems += _generation_prompt_problems(cfg, fields)
-        for column in ("author", "dynasty"):
-            if column in fields and getattr(data, f"{column}_column") is None:
-                problems.append(f"data.prompt_template uses {{{column}}}: set data.{column}_column")
     for column, chosen in (("author", data.authors), ("dynasty", data.dynasties)):
         if chosen and getattr(data, f"{column}_column") is None:
             problems.append(f"selecting by {column} needs data.{column}_column=<column name>")
@@ -551,16 +460,3 @@ def schema_problems(cfg: DictConfig) -> list[str]:
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
     return problems
-
-
-def to_run_config(cfg: DictConfig) -> RunConfig:
-    """Hydra's DictConfig -> a validated RunConfig (interpolations resolved, hydra node dropped)."""
-    if "hydra" in cfg:  # present in Hydra callbacks; the schema has no such key
-        cfg = copy.deepcopy(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-    if problems := schema_problems(cfg):
-        raise ConfigError("\n".join(problems))
-    run_cfg = OmegaConf.to_object(cfg)
-    assert isinstance(run_cfg, RunConfig), type(run_cfg)
-    return validate(run_cfg)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from poetry_sft import artifacts, datafiles
-from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig, sampling_problems
+from poetry_sft.checks import sampling_problems
+from poetry_sft.config import DataConfig, PromptStyle, RunConfig, SamplingConfig
 from poetry_sft.errors import ConfigError, RunDirError, command
 from poetry_sft.modeling import load_tokenizer, resolve_model_path, resolve_precision
 from poetry_sft.poetry import FORMS, THINK_CLOSE, THINK_OPEN

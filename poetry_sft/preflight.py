@@ -1,6 +1,6 @@
 """Checks of a validated config against what is installed and against the model's architecture.
 
-`config.validate` knows only the config; these need transformers, the model's config.json or the file
+`checks.validate` knows only the config; these need transformers, the model's config.json or the file
 system, and would otherwise fail late: TRL/transformers/peft reject an unknown scheduler, a reporting
 integration that is not installed, target modules that match nothing or FlashAttention without its
 package only after the data is prepared and the weights loaded. No weights load here: target modules are

@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft import artifacts
-from poetry_sft.config import to_run_config
+from poetry_sft.checks import to_run_config
 from poetry_sft.errors import PoetrySFTError
 
 log = logging.getLogger("poetry_sft")

@@ -198,10 +198,35 @@ def train(
 
     A run directory with checkpoints of the same config resumes from the newest complete one: Trainer
     restores weights, optimizer, scheduler and RNG state and skips the batches already seen.
+    `on_training_start` is called once data and model are ready (the command line's cue that a failure
+    from then on leaves a run to resume, not a stub to remove).
     """
+    checkpoint, resumed = _find_where_to_resume(run_dir, cfg)
+    trainer = _build(cfg, run_dir, checkpoint)
+    token_fraction = real_token_fraction(trainer)
+    if on_training_start:
+        on_training_start()
+    result, train_seconds = _train(trainer, run_dir, checkpoint, resumed)
+    eval_metrics = trainer.evaluate()
+    _save_model(trainer, run_dir)
+    metrics = _measure(cfg, trainer, result, eval_metrics, train_seconds, resumed, token_fraction)
+    if not artifacts.is_main_process():
+        return metrics  # under accelerate launch, rank 0 alone samples and writes the run's files
+    _sample_and_write(cfg, run_dir, trainer, metrics)
+    _report(cfg, run_dir)
+    return metrics
+
+
+def _find_where_to_resume(run_dir: Path, cfg: RunConfig) -> tuple[Path | None, dict[str, Any]]:
+    """The newest complete checkpoint of this config (None: a fresh start) and its trainer state."""
     checkpoint = artifacts.find_resume_checkpoint(run_dir, cfg)
     _warn_about_damaged_checkpoints(run_dir, checkpoint)
     resumed = artifacts.read_trainer_state(checkpoint) if checkpoint else {}  # before rotation deletes it
+    return checkpoint, resumed
+
+
+def _build(cfg: RunConfig, run_dir: Path, checkpoint: Path | None) -> SFTTrainer:
+    """The run's config saved, the GPU capped to the profile, data prepared, model and trainer built."""
     artifacts.save_run_config(cfg, run_dir)
     _cap_gpu_memory(cfg.hardware)
     log.info("precision: %s", precision_choice(cfg.train.precision)[1])
@@ -210,9 +235,13 @@ def train(
         log.info("resuming from %s", checkpoint)
     else:
         log.info("interrupted? the same command with run_dir=%s resumes from the last checkpoint", run_dir)
-    token_fraction = real_token_fraction(trainer)
-    if on_training_start:  # the command line: a failure from here on leaves the run directory to resume
-        on_training_start()
+    return trainer
+
+
+def _train(
+    trainer: SFTTrainer, run_dir: Path, checkpoint: Path | None, resumed: dict[str, Any]
+) -> tuple[TrainOutput, float]:
+    """trainer.train (or the final checkpoint, where the run had already ended), and its seconds."""
     # Only now that the run trains: a start that fails (data, model) leaves the directory as it was
     artifacts.discard_incomplete_checkpoints(run_dir)
     _reset_peak_memory()
@@ -222,13 +251,27 @@ def train(
     else:
         with _explain_disk_full(run_dir, "a checkpoint"):
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - started
-    eval_metrics = trainer.evaluate()
+    return result, time.perf_counter() - started
+
+
+def _save_model(trainer: SFTTrainer, run_dir: Path) -> None:
     with _explain_disk_full(run_dir, "the trained model"):
         trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; and the tokenizer
+
+
+def _measure(
+    cfg: RunConfig,
+    trainer: SFTTrainer,
+    result: TrainOutput,
+    eval_metrics: dict[str, float],
+    train_seconds: float,
+    resumed: dict[str, Any],
+    token_fraction: float,
+) -> dict[str, Any]:
+    """metrics.json: losses, steps, speed, sizes, planned and peak memory."""
     tokens = int(trainer.state.num_input_tokens_seen)
     new_tokens = tokens - int(resumed.get("num_input_tokens_seen", 0))  # this session's, for the speed
-    metrics: dict[str, Any] = {
+    return {
         "train_loss": result.training_loss,
         "eval_loss": eval_metrics.get("eval_loss"),
         "first_logged_loss": next((h["loss"] for h in trainer.state.log_history if "loss" in h), None),
@@ -242,19 +285,26 @@ def train(
         "model_params": model_params(trainer.model),
         **planned_memory(cfg),
         **peak_memory(),
+        # The eval callback's final scores (generation.eval_titles), beside eval_loss for sweeps to choose by
+        **{key: value for key, value in eval_metrics.items() if key.startswith("eval_poetry/")},
     }
-    if not artifacts.is_main_process():
-        return metrics  # under accelerate launch, rank 0 alone samples and writes the run's files
+
+
+def _sample_and_write(cfg: RunConfig, run_dir: Path, trainer: SFTTrainer, metrics: dict[str, Any]) -> None:
+    """samples (sample_titles), then log_history.json and metrics.json: the run is finished."""
     if cfg.sample_titles:
         from poetry_sft.generate import sample_finished_run
 
         metrics["samples"] = sample_finished_run(run_dir, cfg.sample_titles)
-    # The eval callback's final scores (generation.eval_titles), beside eval_loss for sweeps to choose by.
-    metrics.update({key: value for key, value in eval_metrics.items() if key.startswith("eval_poetry/")})
     with _explain_disk_full(run_dir, "the run's metrics"):
         artifacts.write_json(run_dir / artifacts.LOG_HISTORY_FILE, trainer.state.log_history)
         artifacts.write_json(run_dir / artifacts.METRICS_FILE, metrics)
-    if cfg.generation.report:  # after metrics.json: a failing report never costs the finished run
+
+
+def _report(cfg: RunConfig, run_dir: Path) -> None:
+    """After metrics.json, so a failing report never costs the finished run: the eval report, the
+    model card that quotes it, the demo's showcase."""
+    if cfg.generation.report:
         from poetry_sft.report import write_report
 
         write_report(run_dir)
@@ -265,7 +315,6 @@ def train(
         from poetry_sft.showcase import showcase
 
         print("\n" + showcase(run_dir), flush=True)
-    return metrics
 
 
 def _load_final_checkpoint(trainer: SFTTrainer, checkpoint: Path) -> TrainOutput:

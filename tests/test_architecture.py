@@ -46,6 +46,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return next((cycle for node in sorted(graph) if node not in state and (cycle := visit(node))), None)
 
 
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert len(graph) > 20
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -56,3 +62,7 @@ def test_the_poetry_domain_is_a_leaf():
         if module.startswith("poetry_sft.poetry"):
             outside = {m for m in imports if not m.startswith("poetry_sft.poetry")}
             assert not outside, f"{module} imports {sorted(outside)}"
+
+
+def test_the_schema_imports_nothing_of_ours_but_errors():
+    assert import_graph()["poetry_sft.config"] <= {"poetry_sft.errors"}

@@ -11,7 +11,7 @@ from conftest import PYTHON, tiny_overrides
 from omegaconf import OmegaConf
 
 from poetry_sft.artifacts import save_run_config
-from poetry_sft.config import to_run_config
+from poetry_sft.checks import to_run_config
 from poetry_sft.sweep import child_command, job_dirname, run_job
 from poetry_sft.sweep_report import read_jobs, write_summary
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poetry_sft import artifacts, poetry
-from poetry_sft.config import PromptStyle, RunConfig, SamplingConfig, sampling_problems
+from poetry_sft.checks import sampling_problems
+from poetry_sft.config import PromptStyle, RunConfig, SamplingConfig
 from poetry_sft.errors import PoetrySFTError
 from poetry_sft.prompts import CHAT_CONTROL_TEXT
 
