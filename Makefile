@@ -38,9 +38,10 @@ test: ## the default test suite: offline, CPU, a few minutes
 test-slow: ## slow tests (minutes; some need ../shared/data)
 	$(PY) -m pytest -m slow
 
-lint: ## ruff lint + format check
+lint: ## ruff lint + format check, mypy
 	$(PY) -m ruff check poetry_sft tests bench
 	$(PY) -m ruff format --check poetry_sft tests bench
+	$(PY) -m mypy
 
 train-full: ## full fine-tune of Qwen/Qwen3-0.6B on an 8 GB card (recipes/full_8gb.yaml)
 	$(PY) -m poetry_sft recipe=full_8gb $(ARGS)

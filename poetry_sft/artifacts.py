@@ -342,6 +342,7 @@ def _comparable(cfg: Any) -> dict[str, Any]:
             flat[prefix[:-1]] = node
 
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(container, dict)
     container.pop("run_dir", None)
     walk(container, "")
     return flat
@@ -373,6 +374,7 @@ def _saved_config(path: Path) -> Any:
     """A saved config on today's schema: retired keys dropped, keys added since at their defaults (a run
     from before a new option existed is the same run: it trained without it)."""
     saved = OmegaConf.load(path)
+    assert isinstance(saved, DictConfig), f"{path}: not a mapping"
     for section, key in _RETIRED_KEYS:
         if section in saved and key in saved[section]:
             saved[section].pop(key)

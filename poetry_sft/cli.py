@@ -88,9 +88,9 @@ def _abandon_run_dir() -> None:
 def _ensure_one_run_dir_for_all_processes(config: DictConfig) -> None:
     """Under accelerate launch/torchrun each process composes its own config: a `${now:}` in run_dir could
     differ between processes started a second apart, and they would train into different directories."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "${now:" in str(
-        OmegaConf.to_container(config, resolve=False).get("run_dir")
-    ):
+    container = OmegaConf.to_container(config, resolve=False)
+    assert isinstance(container, dict)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "${now:" in str(container.get("run_dir")):
         raise ConfigError(
             "several processes (accelerate launch / torchrun) need one run directory named in advance.\n"
             "  Fix: add run_dir=runs/<name> to the command (the same for every process)."

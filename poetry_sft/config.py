@@ -48,7 +48,8 @@ class Precision(_Choice):
 
 
 class PromptStyle(_Choice):
-    title = "title"  # title -> poem: what `python -m poetry_sft.generate --title` asks for
+    # the member shadows str.title(): the name is what users type (data.prompt_style=title), so it stays
+    title = "title"  # type: ignore[assignment]  # title -> poem: what `generate --title` asks for
     first_line = "first_line"  # first line (首句) -> the rest of the poem (continuation)
     form_theme = "form_theme"  # form (五言绝句, 七言律诗, ...) + theme (the title) -> poem
     keywords = (

@@ -189,7 +189,9 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
     reasons, contents, forms, keywords = [], [], [], []
     special = settings["special_tokens"]
     given_keywords = [keywords_text(v) for v in batch.get(_GIVEN_KEYWORDS, [])] or None
-    extra = {key: [_text(v) for v in batch[key]] for key in ("title", "author", "dynasty") if key in batch}
+    extra: dict[str, list[str]] = {
+        key: [_text(v) for v in batch[key]] for key in ("title", "author", "dynasty") if key in batch
+    }
     for i, raw in enumerate(batch["content"]):
         content = _normalise(raw) if isinstance(raw, str) else ""
         form = keyword = ""
@@ -224,14 +226,14 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
                 if not reason and settings["need_form"]:
                     form = corpus_form(content)
                 if not reason and settings["selection"]:
-                    values = {"form": form, **{key: column[i] for key, column in extra.items()}}
+                    values: dict[str, str] = {"form": form, **{key: col[i] for key, col in extra.items()}}
                     if any(values[key] not in chosen for key, chosen in settings["selection"].items()):
                         reason = "not_selected"
         reasons.append(reason)
         contents.append(content)
         forms.append(form)
         keywords.append(keyword)
-    columns = {**extra, "content": contents, "form": forms, "reason": reasons}
+    columns: dict[str, list] = {**extra, "content": contents, "form": forms, "reason": reasons}
     return {**columns, "keywords": keywords} if settings["max_keywords"] else columns
 
 
@@ -412,7 +414,7 @@ def _cache_key(cfg: DataConfig, source: str, tokenizer: PreTrainedTokenizerBase,
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def _fingerprint(dataset: Dataset, step: str, indices: list[int]) -> str:
+def _fingerprint(dataset: Dataset, step: str, indices: list[int] | np.ndarray) -> str:
     """Stands in for datasets' own fingerprint, which pickles the whole index list (seconds at 300k rows)."""
     import numpy as np
 

@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from poetry_sft import artifacts, datafiles
 from poetry_sft.checks import sampling_problems
@@ -106,7 +106,9 @@ def load_run(
     if (model_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(load_base(cfg, dequantized_base), model_dir)
+        # typed as the model it wraps: a PeftModel forwards generate() and the rest to it
+        adapted = PeftModel.from_pretrained(load_base(cfg, dequantized_base), model_dir)
+        model = cast("PreTrainedModel", adapted)
     else:
         model = load_model_dir(str(model_dir))
     return model.eval(), tokenizer, cfg
@@ -244,7 +246,7 @@ def _generate_batch(
     width = inputs["input_ids"].shape[1]
     if processor is not None:
         processor.prompt_length = width  # the constraint starts after this batch's padded prompts
-    output = model.generate(
+    output = model.generate(  # type: ignore[operator]  # transformers types generate() as a Tensor attribute
         **inputs,
         generation_config=gen_config,
         # the penalty first, as generate() orders its own: the form's mask then has the last word
@@ -255,7 +257,7 @@ def _generate_batch(
     for title, row in zip(titles, output[:, width:].tolist(), strict=True):
         end = next((i for i, token in enumerate(row) if token in stops), None)
         # Special tokens stay in the text: a stray <|im_start|> should count against the poem.
-        content = tokenizer.decode(row[:end], skip_special_tokens=False).strip()
+        content = str(tokenizer.decode(row[:end], skip_special_tokens=False)).strip()
         if data_cfg.prompt_style is PromptStyle.first_line:  # the model wrote the rest: the poem is both
             content = title + ("\n" if title.endswith(("。", "？", "！", "；")) else "") + content
         poems.append(Poem(title, content, form, stopped_at_eos=end is not None))
@@ -342,7 +344,7 @@ _SAMPLING_FLAGS: dict[str, type] = {
 
 def _sampling(base: SamplingConfig, args: argparse.Namespace) -> SamplingConfig:
     flags = {name: getattr(args, name) for name in _SAMPLING_FLAGS}
-    changes: dict[str, object] = {name: value for name, value in flags.items() if value is not None}
+    changes: dict[str, Any] = {name: value for name, value in flags.items() if value is not None}
     if args.greedy:
         changes["do_sample"] = False
     if args.form:

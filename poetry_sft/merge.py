@@ -102,7 +102,7 @@ def merged_model(run_dir: Path, compare: bool = True) -> tuple[Any, Any, RunConf
             return model, tokenizer, cfg, None
         raise RunDirError(f"{run_dir} has no saved adapter ({artifacts.MODEL_DIR}/adapter_config.json)")
     model, tokenizer, cfg = load_run(run_dir, dequantized_base=True)
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload()  # type: ignore[operator]  # a PeftModel (load_run types it as its base)
     check_tied_embeddings(merged)
     if not compare:
         return merged, tokenizer, cfg, None

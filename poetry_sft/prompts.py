@@ -171,8 +171,8 @@ def refuse_control_tokens(tokenizer: PreTrainedTokenizerBase | None, what: str, 
     a tokenizer (before one is loaded) the chat template's forms only (CHAT_CONTROL_TEXT)."""
     pattern = control_token_pattern(tokenizer) if tokenizer is not None else None
     for text in texts:
-        found = set(pattern.findall(text)) if pattern else set()
-        if found := sorted(found | set(CHAT_CONTROL_TEXT.findall(text))):
+        tokens = set(pattern.findall(text)) if pattern else set()
+        if found := sorted(tokens | set(CHAT_CONTROL_TEXT.findall(text))):
             raise ConfigError(
                 f"{what} {text!r} holds {', '.join(found)}: the text of the tokenizer's control token(s), "
                 "which the model would read as the tokens themselves (<|im_end|> ends the prompt's turn, "

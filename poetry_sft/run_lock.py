@@ -59,7 +59,7 @@ class LockOwner:
 def process_start_time(pid: int) -> float | None:
     """When process `pid` started (psutil, which accelerate already requires), or None where unknown."""
     try:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
 
         return float(psutil.Process(pid).create_time())
     except Exception:  # psutil missing, no such process, or access denied
@@ -69,7 +69,7 @@ def process_start_time(pid: int) -> float | None:
 def is_alive(owner: LockOwner) -> bool:
     """Whether the lock's owner still runs on this host (a different process under a reused pid is not it)."""
     try:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
     except ImportError:
         return _pid_exists_without_psutil(owner.pid)
     try:

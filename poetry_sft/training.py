@@ -150,6 +150,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
         processing_class=tokenizer,
         peft_config=peft_config(cfg.method),
     )
+    assert trainer.model is not None
     _keep_adapters_fp32(trainer.model)
     if cfg.generation.eval_titles:  # poems scored at each evaluation, logged beside eval_loss
         from poetry_sft.callbacks import PoetryEvalCallback
@@ -185,7 +186,7 @@ def real_token_fraction(trainer: SFTTrainer, max_batches: int = 64) -> float:
             real += (
                 int(mask.sum())
                 if mask is not None
-                else int((ids != trainer.processing_class.pad_token_id).sum())
+                else int((ids != getattr(trainer.processing_class, "pad_token_id", None)).sum())
             )
             total += ids.numel()
     return round(real / total, 4) if total else 0.0
@@ -269,6 +270,8 @@ def _measure(
     token_fraction: float,
 ) -> dict[str, Any]:
     """metrics.json: losses, steps, speed, sizes, planned and peak memory."""
+    model = trainer.model
+    assert model is not None
     tokens = int(trainer.state.num_input_tokens_seen)
     new_tokens = tokens - int(resumed.get("num_input_tokens_seen", 0))  # this session's, for the speed
     return {
@@ -281,8 +284,8 @@ def _measure(
         "tokens_per_s": round(new_tokens / train_seconds, 1) if train_seconds else None,
         "resumed_from_step": resumed.get("global_step"),
         "real_token_fraction": token_fraction,  # of the batches' token slots; padding is the rest
-        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "model_params": model_params(trainer.model),
+        "trainable_params": sum(int(p.numel()) for p in model.parameters() if p.requires_grad),
+        "model_params": model_params(model),
         **planned_memory(cfg),
         **peak_memory(),
         # The eval callback's final scores (generation.eval_titles), beside eval_loss for sweeps to choose by
@@ -405,7 +408,7 @@ def _cap_gpu_memory(hardware: HardwareConfig) -> None:
 def model_params(model: torch.nn.Module) -> int:
     """Parameters of the underlying model; peft counts a packed 4-bit weight as its real size."""
     if hasattr(model, "get_nb_trainable_parameters"):
-        return int(model.get_nb_trainable_parameters()[1])
+        return int(model.get_nb_trainable_parameters()[1])  # type: ignore[operator]  # peft's, untyped
     return sum(p.numel() for p in model.parameters())
 
 
