@@ -26,7 +26,7 @@ from poetry_sft.checks import to_run_config
 from poetry_sft.compose import override_problems, register_recipes
 from poetry_sft.config import register_configs
 from poetry_sft.doctor import check_environment
-from poetry_sft.errors import ConfigError, PoetrySFTError
+from poetry_sft.errors import ERROR_PREFIX, ConfigError, PoetrySFTError, print_error
 from poetry_sft.paths import CONF_DIR
 from poetry_sft.plan import check_budget
 from poetry_sft.preflight import check_preflight
@@ -106,8 +106,7 @@ def _per_process_overrides(argv: list[str]) -> list[str]:
 
 
 def _exit_with(err: PoetrySFTError) -> None:
-    print(f"poetry_sft: error: {err}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(print_error(err))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -155,5 +154,5 @@ def main() -> None:
     from poetry_sft.sweep_report import sweep_failure
 
     if failure := sweep_failure():  # after a multirun wrote its summary: scripts and make must notice
-        print(f"poetry_sft: error: {failure}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{failure}", file=sys.stderr)
         sys.exit(1)

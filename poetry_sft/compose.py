@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft.checks import to_run_config
 from poetry_sft.config import RunConfig, key_problem, register_configs
+from poetry_sft.errors import ConfigError
 from poetry_sft.paths import CONF_DIR, RECIPES_DIR
 
 # Hydra's command-line flags that take the next word as their value (python -m poetry_sft --help).
@@ -41,7 +42,9 @@ def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig
 
 
 def run_config(overrides: list[str]) -> RunConfig:
-    """The validated RunConfig of these overrides."""
+    """The validated RunConfig of these overrides; a ConfigError in our words for a bad key or option."""
+    if problems := override_problems(overrides):
+        raise ConfigError("\n".join(problems))
     return to_run_config(compose_config(overrides))
 
 

@@ -38,16 +38,27 @@ class ResourceNotFoundError(PoetrySFTError):
     """A model, tokenizer or data set could not be loaded (offline, unknown id, missing file)."""
 
 
+# The one way a user error leaves any command: this prefix on stderr, this exit code. The sweep reads a
+# failed job's reason back from its stderr by the prefix.
+ERROR_PREFIX = "poetry_sft: error: "
+USER_ERROR_EXIT = 2
+
+
+def print_error(err: PoetrySFTError) -> int:
+    """Print the error for the user (no traceback) and return the exit code."""
+    print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
+    return USER_ERROR_EXIT
+
+
 def command(main: Main) -> Main:
-    """A command's main(argv) -> exit code: a PoetrySFTError prints as `error: ...`, exit code 2."""
+    """A command's main(argv) -> exit code: a PoetrySFTError prints as `poetry_sft: error: ...`, exit 2."""
 
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
         except PoetrySFTError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return print_error(err)
 
     return run
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from poetry_sft.config import Batching, Precision, RunConfig, resolve_batching
-from poetry_sft.errors import ConfigError, PoetrySFTError
+from poetry_sft.errors import ConfigError, ResourceNotFoundError, command
 from poetry_sft.memory import GIB, Architecture, MemoryPlan, TrainingShape, over_budget_message, plan_memory
 
 
@@ -82,19 +82,17 @@ def check_budget(cfg: RunConfig) -> MemoryPlan | None:
     return plan
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str] | None = None) -> int:
     from poetry_sft.compose import run_config
 
     overrides = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = run_config(overrides)
-        planned = plan_run(cfg)
-    except PoetrySFTError as err:
-        sys.exit(f"poetry_sft: error: {err}")
+    cfg = run_config(overrides)
+    planned = plan_run(cfg)
     if planned is None:
-        sys.exit(
-            f"poetry_sft: cannot read the architecture of '{cfg.model.name_or_path}' offline; "
-            "model=qwen3_0.6b_random has Qwen3-0.6B's exact shape"
+        raise ResourceNotFoundError(
+            f"cannot read the architecture of '{cfg.model.name_or_path}' offline.\n  Fix: plan with "
+            "model=qwen3_0.6b_random (Qwen3-0.6B's exact shape, no download), or download the model once"
         )
     plan, arch, shape = planned
     budget = cfg.hardware.vram_gib
@@ -111,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         verdict
         or f"{plan.table()}\nfits: {plan.total / GIB:.2f} GiB of a {budget:g} GiB card (5% headroom kept)"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft import artifacts
 from poetry_sft.checks import to_run_config
-from poetry_sft.errors import PoetrySFTError
+from poetry_sft.errors import ERROR_PREFIX, PoetrySFTError
 
 log = logging.getLogger("poetry_sft")
 
@@ -165,9 +165,9 @@ def _summary(returncode: int, lines: list[str]) -> str:
         name = signal.Signals(-returncode).name
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
-    ours = [line for line in lines if line.startswith("poetry_sft: error:")]
+    ours = [line for line in lines if line.startswith(ERROR_PREFIX)]
     if ours:
-        return ours[-1].removeprefix("poetry_sft: error: ")
+        return ours[-1].removeprefix(ERROR_PREFIX)
     errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
     return (errors or lines or [f"exit status {returncode}"])[-1]
 

@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft import artifacts
+from poetry_sft.errors import RunDirError, command
 from poetry_sft.sweep import METRIC, remember_swept_keys
 
 log = logging.getLogger("poetry_sft")
@@ -226,7 +227,8 @@ def sweep_failure() -> str | None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m poetry_sft.sweep_report", description=__doc__.splitlines()[0]
     )
@@ -240,10 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         written = write_summary(args.sweep_dir, args.metric)
     except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+        raise RunDirError(
+            f"{err}\n  Fix: give a multirun directory (multirun/<time>) that holds jobs"
+        ) from err
     print(written["md"].read_text(encoding="utf-8"))
     print("written:", ", ".join(str(p) for p in written.values()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

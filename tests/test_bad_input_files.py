@@ -157,7 +157,7 @@ def test_bad_data_file_fails_score_with_the_fix(case: str, tmp_path: Path):
     else:
         result = _score(path)
     assert result.returncode == 2, result.stdout
-    assert result.stderr.startswith("error: ")
+    assert result.stderr.startswith("poetry_sft: error: ")
     assert_one_paragraph(result.stderr, str(path), *expected)
     assert path.read_bytes() == content
 
@@ -334,7 +334,7 @@ def _main(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.Capt
     def run() -> tuple[int, str]:
         code = main(argv)
         err = capsys.readouterr().err
-        start = re.search(r"(?m)^error: ", err)  # after the progress bars of loading the model
+        start = re.search(r"(?m)^poetry_sft: error: ", err)  # after the progress bars of loading the model
         return code, err[start.start() :] if start else err
 
     return run
@@ -506,7 +506,7 @@ def test_bad_input_matrix(case: str, finished_run: Path, tmp_path: Path, capsys:
     before = {path: _digest(path) for path in protected}
     code, error = run()
     assert code != 0
-    assert error.startswith(("poetry_sft: error: ", "error: ")), error
+    assert error.startswith("poetry_sft: error: "), error
     assert_one_paragraph(error, *expected)
     assert {path: _digest(path) for path in protected} == before, "nothing of the user's is changed"
 
