@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from poetry_sft.config import PromptStyle, RunConfig, SamplingConfig, rule_problems, schema_problems
 from poetry_sft.errors import ConfigError
 from poetry_sft.memory import OPTIMIZERS  # the ones the memory plan models
-from poetry_sft.poetry import CORPUS_FORMS, FORMS
+from poetry_sft.poetry import CORPUS_FORMS, FORMS, find_rhyme_group
 from poetry_sft.prompts import PROMPT_SUBJECT, PROMPT_TEMPLATES, prompt_fields, prompt_template
 
 
@@ -75,6 +75,13 @@ def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]
         problems.append(f"{key}.showcase=true shows the eval report's poems: set {key}.report=true too")
     if gen.rhyme and gen.form is None:
         problems.append(f"{key}.rhyme=true needs {key}.form: rhyme is enforced within a regulated form")
+    if gen.rhyme_group is not None:
+        if gen.form is None:
+            problems.append(f"{key}.rhyme_group needs {key}.form: rhyme is enforced within a regulated form")
+        try:
+            find_rhyme_group(gen.rhyme_group)
+        except ValueError as err:
+            problems.append(f"{key}.rhyme_group: {err}")
     return problems
 
 

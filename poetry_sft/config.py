@@ -234,6 +234,10 @@ class SamplingConfig:
     # (format_accuracy), since they measure what the model writes on its own.
     form: str | None = None
     rhyme: bool = False  # with `form`: constrained decoding also makes the even lines rhyme (平水韵)
+    # with `form`: rhyme in this 平水韵 group, full name or unique ending ('七阳', '阳'); null: the first
+    # even line picks a level-tone group. An oblique group gives a 仄韵 poem.
+    rhyme_group: str | None = None
+    couplet_newline: bool = True  # constrained poems put a couplet (联) per line, as the corpus does
     # Eval callback: at every evaluation, write num_eval_poems poems (cycling through these titles),
     # score them, and log eval_poetry/* beside eval_loss (and into <run_dir>/eval_poems.jsonl). Empty: off.
     eval_titles: list[str] = field(default_factory=list)

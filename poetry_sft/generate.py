@@ -158,7 +158,13 @@ def form_processor(
 
     assert sampling.form is not None
     processor = FormConstrainedLogitsProcessor(
-        tokenizer, sampling.form, prompt_length=0, rhyme=sampling.rhyme, eos_token_id=tokenizer.eos_token_id
+        tokenizer,
+        sampling.form,
+        prompt_length=0,
+        rhyme=sampling.rhyme,
+        rhyme_group=sampling.rhyme_group,
+        eos_token_id=tokenizer.eos_token_id,
+        couplet_newline=sampling.couplet_newline,
     )
     # A token holds at least one character, so layout + end token is the budget that can never cut a poem.
     needed = len(processor.layout) + 1
@@ -336,7 +342,7 @@ def _parser() -> argparse.ArgumentParser:
 _NOT_FLAGS = {"form", "rhyme", "do_sample", "eval_titles", "num_eval_poems", "eval_max_new_tokens"}
 _NOT_FLAGS |= {"report", "showcase"}
 _SAMPLING_FLAGS: dict[str, type] = {
-    f.name: {"int": int, "float": float, "bool": bool}[str(f.type)]
+    f.name: {"int": int, "float": float, "bool": bool, "str | None": str}[str(f.type)]
     for f in dataclasses.fields(SamplingConfig)
     if f.name not in _NOT_FLAGS
 }

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -143,21 +140,17 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
             "need merging"
         )
     merged, tokenizer, cfg, check = merged_model(run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed: an interrupted merge never leaves a half model at `out`.
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    # Written beside the target and renamed (the package's one atomic-directory helper): an interrupted
+    # merge never leaves a half model at `out`.
+    with artifacts.staged_directory(out, complete_marker=CHECK_FILE) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         artifacts.write_json(staging / CHECK_FILE, check)
         write_card(staging, run_dir, cfg, "merged")
         # The prompt setup (system prompt, template, style) and sampling travel with the model
         OmegaConf.save(OmegaConf.structured(cfg), staging / artifacts.RUN_CONFIG_IN_MODEL)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -179,3 +179,18 @@ def test_a_run_saved_by_an_earlier_version_still_loads_and_resumes(tmp_path: Pat
     artifacts.ensure_same_config(tmp_path, cfg)  # the same run: resuming it is not refused
     with pytest.raises(Exception, match="different config"):
         artifacts.ensure_same_config(tmp_path, run_config(["model=tiny", "data=sample", "method=dora"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["generation.rhyme_group='七阳'"], "rhyme_group needs generation.form"),
+        (["generation.form='五言绝句'", "generation.rhyme_group='不是韵'"], "rhyme_group: rhyme group"),
+    ],
+)
+def test_rhyme_group_is_checked_with_the_config(overrides: list[str], expected: str):
+    from poetry_sft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        run_config(["model=tiny", "data=sample", *overrides])
+    run_config(["model=tiny", "data=sample", "generation.form='五言绝句'", "generation.rhyme_group='七阳'"])

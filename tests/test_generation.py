@@ -118,6 +118,16 @@ def test_constrained_generation_from_the_command_writes_the_form(lora_run: Path,
         assert poetry.rhymes(record["content"]) and record["stopped_at_eos"] and record["form"] == "七言绝句"
 
 
+def test_the_rhyme_group_and_layout_of_constrained_poems_are_settings(lora_run: Path, tmp_path: Path):
+    args = ["--form", "五言绝句", "--rhyme-group", "七阳", "--no-couplet-newline", "--per-title", "2"]
+    records = run_generate(tmp_path, str(lora_run), "--title", "登高", *args)
+    group = poetry.find_rhyme_group("七阳")
+    for record in records:
+        lines = poetry.split_lines(record["content"])
+        assert poetry.classify_form(record["content"]) == "五言绝句" and "\n" not in record["content"], record
+        assert all(group in poetry.rhyme_groups(line[-1]) for line in lines[1::2]), record
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
