@@ -164,6 +164,11 @@ def _data_line(report: dict[str, Any]) -> str:
     )
 
 
+def _number(value: Any) -> str:
+    """A metric for a table: 3 significant digits, "–" where it could not be measured (None)."""
+    return f"{value:.3g}" if isinstance(value, (int, float)) else "–"
+
+
 def _results(metrics: dict[str, Any], eval_report: dict[str, Any]) -> str:
     lines = [
         f"- eval loss 验证损失: {metrics.get('eval_loss', 'n/a'):.4f}"
@@ -175,13 +180,15 @@ def _results(metrics: dict[str, Any], eval_report: dict[str, Any]) -> str:
     poetry = {k: v for k, v in metrics.items() if k.startswith("eval_poetry/")}
     if poetry:
         lines.append(
-            "- poetry metrics at the last eval: " + ", ".join(f"{k[12:]} {v:.3g}" for k, v in poetry.items())
+            "- poetry metrics at the last eval: "
+            + ", ".join(f"{k[12:]} {_number(v)}" for k, v in poetry.items())
         )
     scores = eval_report.get("scores") if eval_report else None
     if scores:
-        keys = [k for k, v in scores["finetuned"].items() if isinstance(v, (int, float))]
+        keys = [k for k, v in scores["finetuned"].items() if isinstance(v, (int, float)) or v is None]
         lines += ["", "| metric 指标 | base 基座 | fine-tuned 微调 |", "|---|---|---|"]
-        lines += [f"| {k} | {scores['base'].get(k, 0):.3g} | {scores['finetuned'][k]:.3g} |" for k in keys]
+        base, tuned = scores["base"], scores["finetuned"]
+        lines += [f"| {k} | {_number(base.get(k))} | {_number(tuned[k])} |" for k in keys]
     return "\n".join(lines)
 
 

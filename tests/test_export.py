@@ -378,3 +378,19 @@ def test_push_uploads_the_folder_and_its_card_and_never_prints_the_token(
     assert any(name.endswith("q8_0.gguf") for name in sent["files"]) and "Modelfile" in sent["files"]
     assert push.main([str(bpe_run), "--repo", "me/x", "--what", "merged"]) == 2
     assert "python -m poetry_sft.merge" in capsys.readouterr().err
+
+
+def test_model_card_shows_unmeasurable_metrics_as_a_dash(tmp_path: Path):
+    """A regulated-form metric is None where no poem was regulated (the untrained demo model): the card
+    still writes, instead of failing a finished run."""
+    import json
+
+    from poetry_sft.model_card import write_card
+
+    cfg = run_config(["model=tiny", "method=full", "data=sample"])
+    metrics = {"eval_loss": 5.9, "eval_poetry/tone_compliance": None}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    scores = {"base": {"tone_compliance": None, "distinct_2": 0.96}, "finetuned": {"tone_compliance": 0.5}}
+    (tmp_path / "eval_report.json").write_text(json.dumps({"scores": scores}))
+    text = write_card(tmp_path, tmp_path, cfg, "merged").read_text(encoding="utf-8")
+    assert "| tone_compliance | – | 0.5 |" in text and "tone_compliance –" in text
