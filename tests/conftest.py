@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,3 +78,12 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: None) -
     ]
     train(run_config(overrides), runs / "demo")
     return runs
+
+
+@pytest.fixture
+def sleeper():
+    """A live process that is not us: stands in for a run still training in the directory."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait()

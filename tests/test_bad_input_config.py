@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,14 +87,6 @@ def poems(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [{**poem, "author": "李白"} for poem in POEMS] * 8
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def sleeper():
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def _prepare(setup: str | None, cwd: Path, sleeper_pid: int) -> None:

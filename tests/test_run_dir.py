@@ -32,15 +32,6 @@ def _lock_of(pid: int, host: str | None = None) -> str:
     return json.dumps({"pid": pid, "hostname": host, "started": "2026-12-01T10:00:00"})
 
 
-@pytest.fixture
-def sleeper():
-    """A live process that is not us: stands in for a run still training in the directory."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def test_a_live_lock_refuses_a_second_process_and_a_dead_ones_is_taken_over(tmp_path: Path, sleeper):
     (tmp_path / LOCK_FILE).write_text(_lock_of(sleeper.pid))
     with pytest.raises(RunDirError, match=rf"(?s)process {sleeper.pid} .*is training there.*Fix: wait"):
