@@ -55,6 +55,8 @@ def training_shape(cfg: RunConfig) -> TrainingShape:
         padded=resolve_batching(cfg) is Batching.padded,
         double_quant=cfg.method.bnb_4bit_use_double_quant,
         dora=cfg.method.use_dora,
+        # label smoothing makes TRL compute the loss from full logits instead of its chunked LM head
+        chunked_loss=not cfg.trainer.get("label_smoothing_factor"),
     )
 
 

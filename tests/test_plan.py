@@ -51,6 +51,11 @@ def test_the_shape_follows_the_config():
     assert shape.gradient_checkpointing and shape.micro_batch_size == 4 and shape.seq_len == 256
     assert not shape.padded, "sdpa trains padding-free"
     assert training_shape(run_config([QWEN_SHAPE, "model.attn_implementation=flex_attention"])).padded
+    smoothed = run_config([QWEN_SHAPE, "method=lora", "+trainer.label_smoothing_factor=0.1"])
+    assert training_shape(run_config([QWEN_SHAPE, "method=lora"])).chunked_loss
+    assert not training_shape(smoothed).chunked_loss, "full logits: the plan must count them"
+    with pytest.raises(ConfigError, match="does not fit"):  # 151k-wide logits of 8 x 256 tokens
+        check_budget(smoothed)
 
 
 def test_over_budget_run_fails_before_anything_is_written(tmp_path: Path):
