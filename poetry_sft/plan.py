@@ -57,6 +57,8 @@ def training_shape(cfg: RunConfig) -> TrainingShape:
         dora=cfg.method.use_dora,
         # label smoothing makes TRL compute the loss from full logits instead of its chunked LM head
         chunked_loss=not cfg.trainer.get("label_smoothing_factor"),
+        # modeling.load_model calls peft's prepare_model_for_kbit_training on every 4-bit base
+        kbit_upcast=cfg.method.quantized,
     )
 
 
