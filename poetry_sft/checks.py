@@ -117,7 +117,7 @@ def _generation_prompt_problems(cfg: RunConfig, fields: set[str]) -> list[str]:
     problems = []
     if missing := sorted(fields - given - ({"form"} if cfg.generation.form else set())):
         fix = (
-            "set generation.form=七言绝句 (or another regulated form)"
+            "set \"generation.form='七言绝句'\" (quoted: Hydra reads Chinese only so; or another form)"
             if missing == ["form"]
             else ("use a data.prompt_template with only {" + next(iter(given)) + "} (and {form})")
         )

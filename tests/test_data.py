@@ -267,7 +267,7 @@ def test_generation_prompts_equal_the_training_prompts_in_every_style(tokenizer,
     ("overrides", "expected"),
     [
         (["data.forms=['五言排律']"], "data.forms: unknown"),
-        (["data.prompt_style=form_theme", "generation.eval_titles=['静夜思']"], "generation.form=七言绝句"),
+        (["data.prompt_style=form_theme", "generation.eval_titles=['静夜思']"], "generation.form='七言绝句'"),
         (["data.max_keywords=0"], "data.max_keywords=0"),
         (["data.prompt_template='写{poet}'"], "unknown field"),
         (["data.prompt_style=first_line", "data.prompt_template='写{title}'"], "needs {first_line}"),
