@@ -18,6 +18,7 @@ import unicodedata
 from pathlib import Path
 
 from poetry_sft import poetry
+from poetry_sft.poetry.copying import CopyIndex
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "poems.parquet"
 COLUMNS = {
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
     poems = corpus.iloc[held_out].tolist()
     forms = [poetry.classify_form(poem) for poem in poems]
-    index = poetry.CopyIndex(corpus.drop(corpus.index[held_out]).tolist())
+    index = CopyIndex(corpus.drop(corpus.index[held_out]).tolist())
 
     pool = [char for poem in poems for char in poem if poetry.is_han(char)]
     # name -> (poems, the form each was "asked" to be: the real poem's form)

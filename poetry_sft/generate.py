@@ -339,8 +339,10 @@ def _parser() -> argparse.ArgumentParser:
 
 # Sampling settings that get a flag of their own, read from SamplingConfig: a new setting is a new flag.
 # (form, rhyme and do_sample have their own flags above; the rest only concern the training run.)
-_NOT_FLAGS = {"form", "rhyme", "do_sample", "eval_titles", "num_eval_poems", "eval_max_new_tokens"}
-_NOT_FLAGS |= {"report", "showcase"}
+_NOT_FLAGS = {
+    *("form", "rhyme", "do_sample"),  # flags of their own
+    *("eval_titles", "num_eval_poems", "eval_max_new_tokens", "report", "showcase"),  # the training run's
+}
 _SAMPLING_FLAGS: dict[str, type] = {
     f.name: {"int": int, "float": float, "bool": bool, "str | None": str}[str(f.type)]
     for f in dataclasses.fields(SamplingConfig)

@@ -18,6 +18,7 @@ from typing import Any
 
 from poetry_sft import datafiles, poetry
 from poetry_sft.errors import PoetrySFTError, command
+from poetry_sft.poetry.copying import CopyIndex
 
 
 class InputError(PoetrySFTError):
@@ -86,7 +87,7 @@ def score_file(path: Path, form: str | None = None, reference: Path | None = Non
     records = read_records(path)
     if not records:
         raise InputError(f"no poems in {path}")
-    index = poetry.CopyIndex(read_poems(reference)) if reference else None
+    index = CopyIndex(read_poems(reference)) if reference else None
     return poetry.score_poems(
         [record["content"] for record in records],
         _requested_forms(records, form),

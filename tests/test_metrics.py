@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from poetry_sft import poetry, score
+from poetry_sft.poetry.copying import CopyIndex
 
 JING_YE_SI = "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"  # 古绝: rhymes, not fully regulated
 DENG_GUAN_QUE_LOU = "白日依山尽，黄河入海流。\n欲穷千里目，更上一层楼。"
@@ -166,7 +167,7 @@ def test_repeated_line_rate() -> None:
 
 
 def test_copy_index_finds_verbatim_copies_only() -> None:
-    index = poetry.CopyIndex([DENG_GUAN_QUE_LOU, CHUN_WANG, DENG_GAO], chunk_size=2)
+    index = CopyIndex([DENG_GUAN_QUE_LOU, CHUN_WANG, DENG_GAO], chunk_size=2)
     assert index.ngram_copy_rate([CHUN_WANG]) == 1.0  # 五言 7-grams run across line breaks
     assert index.line_copy_rate([CHUN_WANG]) == 1.0
     assert index.ngram_copy_rate([ZAO_FA_BAI_DI_CHENG, JING_YE_SI]) == 0.0
@@ -191,7 +192,7 @@ def test_score_poems_is_json_ready_and_uses_every_input() -> None:
         poems,
         ["五言绝句", "五言绝句", None],
         stopped_at_eos=[True, True, False],
-        reference=poetry.CopyIndex([DENG_GUAN_QUE_LOU]),
+        reference=CopyIndex([DENG_GUAN_QUE_LOU]),
     )
     assert json.loads(json.dumps(scores)) == scores
     assert scores["n_poems"] == 3

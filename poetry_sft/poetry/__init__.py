@@ -6,11 +6,13 @@ code judges a poem in a training callback, the score command, the studio and the
     text         Han ranges, line punctuation, line splitting, think tags
     forms        the form table (adding a form is one entry) and shape classification
     prosody      the 平水韵 table, rhyme, 平仄 of regulated verse
-    metrics      diversity, copying, hygiene, and score_poems (all of them at once)
+    metrics      diversity, hygiene, and score_poems (all of them at once)
+    copying      CopyIndex: verbatim overlap with a corpus (imported on its own: numpy)
     constrained  a transformers logits processor that enforces a form (imported on its own: torch)
     penalty      a repetition penalty that spares punctuation (imported on its own: torch)
 
-The names most callers need are importable from here: `from poetry_sft import poetry`.
+The names most callers need are importable from here: `from poetry_sft import poetry` (no numpy,
+no torch: the config checks import it).
 """
 
 from poetry_sft.poetry.forms import (
@@ -25,7 +27,6 @@ from poetry_sft.poetry.forms import (
     format_accuracy,
 )
 from poetry_sft.poetry.metrics import (
-    CopyIndex,
     distinct_n,
     eos_termination_rate,
     non_chinese_rate,
@@ -74,7 +75,6 @@ __all__ = [
     "OTHER_FORM",
     "THINK_CLOSE",
     "THINK_OPEN",
-    "CopyIndex",
     "Form",
     "ToneReport",
     "char_tones",
