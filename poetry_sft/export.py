@@ -37,7 +37,6 @@ against the merged HF model f16 0.016, bf16 0.060, q8_0 0.25, and 4/4 greedy poe
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import re
 import sys
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from poetry_sft import artifacts
 from poetry_sft.config import RunConfig
-from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError, command
+from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError, command, is_disk_full
 from poetry_sft.model_card import write_card
 
 if TYPE_CHECKING:
@@ -126,7 +125,7 @@ def export_run(run_dir: Path, fmt: str = "gguf", quant: str = "f16", out: Path |
             with card.open("a", encoding="utf-8") as readme:
                 readme.write("\n" + export_readme(name, cfg, quant))
     except OSError as err:
-        hint = "free some disk space" if err.errno == errno.ENOSPC else "check the folder's permissions"
+        hint = "free some disk space" if is_disk_full(err) else "check the folder's permissions"
         raise ExportError(
             f"could not write the export to {out}: {err.strerror or err}. Nothing was left under {out}. "
             f"Fix: {hint}, or write elsewhere with --out"
