@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from poetry_sft.errors import DataFileError
+from poetry_sft.poetry import HAN_CLASS
 
 _PARQUET_MAGIC = b"PAR1"  # a Parquet file starts and ends with it; the footer (schema, row groups) is last
-_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
+_HAN = re.compile(f"[{HAN_CLASS}]")
 _GB_SAMPLE = 1 << 16  # bytes tried as GB18030 when a file is not UTF-8
 _EXAMPLE = '{"title": "静夜思", "content": "床前明月光，..."}'
 
