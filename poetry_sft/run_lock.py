@@ -17,12 +17,13 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from poetry_sft.errors import RunDirError
 
@@ -57,21 +58,17 @@ class LockOwner:
 
 
 def process_start_time(pid: int) -> float | None:
-    """When process `pid` started (psutil, which accelerate already requires), or None where unknown."""
+    """When process `pid` started, or None where unknown (no such process, access denied)."""
     try:
-        import psutil
-
         return float(psutil.Process(pid).create_time())
-    except Exception:  # psutil missing, no such process, or access denied
+    except psutil.Error:
         return None
 
 
 def is_alive(owner: LockOwner) -> bool:
-    """Whether the lock's owner still runs on this host (a different process under a reused pid is not it)."""
-    try:
-        import psutil
-    except ImportError:
-        return _pid_exists_without_psutil(owner.pid)
+    """Whether the lock's owner still runs on this host (a different process under a reused pid is not it).
+    psutil (a dependency of accelerate, so always here) works the same on Linux, macOS and Windows, where
+    os.kill(pid, 0) would terminate the process."""
     try:
         process = psutil.Process(owner.pid)
         if owner.process_started is not None and abs(process.create_time() - owner.process_started) > 1:
@@ -81,26 +78,6 @@ def is_alive(owner: LockOwner) -> bool:
         return False
     except psutil.AccessDenied:  # exists, owned by another user
         return True
-
-
-def _pid_exists_without_psutil(pid: int) -> bool:
-    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process on Windows
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:
