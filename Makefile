@@ -15,22 +15,22 @@ install: ## torch==2.13.0 first (Linux: PyPI's CUDA build; Windows: CPU-only, se
 	$(PY) -m pip install -e '.[test]'
 
 demo: ## offline CPU demo (< 1 min): tiny Qwen3 fine-tuned on the shipped poems, reloaded, poems printed
-	$(PY) -m poetry_sft recipe=demo $(ARGS)
+	$(PY) -m poetry_sft train recipe=demo $(ARGS)
 
 sweep: ## small offline CPU sweep (recipes/demo_lora_sweep.yaml: rank x learning rate) -> multirun/demo_sweep/
-	$(PY) -m poetry_sft -m recipe=demo_lora_sweep hydra.sweep.dir=multirun/demo_sweep $(ARGS)
+	$(PY) -m poetry_sft train -m recipe=demo_lora_sweep hydra.sweep.dir=multirun/demo_sweep $(ARGS)
 
 sweep-report: ## rebuild a sweep's summary (csv, md, png): make sweep-report SWEEP=multirun/<dir>
-	$(PY) -m poetry_sft.sweep_report $(or $(SWEEP),multirun/demo_sweep)
+	$(PY) -m poetry_sft sweep-report $(or $(SWEEP),multirun/demo_sweep)
 
 studio: ## the 诗坊 Poem studio on http://127.0.0.1:7860 (needs .[studio]): make studio RUNS=runs PORT=7860
-	$(PY) -m poetry_sft.studio --runs $(or $(RUNS),runs) --port $(or $(PORT),7860) $(ARGS)
+	$(PY) -m poetry_sft studio --runs $(or $(RUNS),runs) --port $(or $(PORT),7860) $(ARGS)
 
 export: ## GGUF + Ollama Modelfile of a finished run: make export RUN=runs/<run> [QUANT=q8_0] (needs .[export])
-	$(PY) -m poetry_sft.export $(RUN) --quant $(or $(QUANT),f16) $(ARGS)
+	$(PY) -m poetry_sft export $(RUN) --quant $(or $(QUANT),f16) $(ARGS)
 
 plan: ## print the memory plan of a run without training: make plan ARGS="method=full hardware=4gb"
-	$(PY) -m poetry_sft.plan $(ARGS)
+	$(PY) -m poetry_sft plan $(ARGS)
 
 test: ## the default test suite: offline, CPU, a few minutes
 	$(PY) -m pytest
@@ -44,10 +44,10 @@ lint: ## ruff lint + format check, mypy
 	$(PY) -m mypy
 
 train-full: ## full fine-tune of Qwen/Qwen3-0.6B on an 8 GB card (recipes/full_8gb.yaml)
-	$(PY) -m poetry_sft recipe=full_8gb $(ARGS)
+	$(PY) -m poetry_sft train recipe=full_8gb $(ARGS)
 
 train-lora: ## LoRA on an 8 GB card (recipes/lora_8gb.yaml)
-	$(PY) -m poetry_sft recipe=lora_8gb $(ARGS)
+	$(PY) -m poetry_sft train recipe=lora_8gb $(ARGS)
 
 train-qlora: ## QLoRA on a 4 GB card (recipes/qlora_4gb.yaml)
-	$(PY) -m poetry_sft recipe=qlora_4gb $(ARGS)
+	$(PY) -m poetry_sft train recipe=qlora_4gb $(ARGS)

@@ -32,7 +32,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 def _compose(overrides: list[str]):
-    from poetry_sft.compose import run_config
+    from poetry_sft.config.compose import run_config
 
     return run_config(overrides)
 
@@ -56,7 +56,7 @@ def _trl_prepare_seconds(cfg, tokenizer, model_path: str) -> float:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from poetry_sft.prompts import make_formatting_func
+    from poetry_sft.data.prompts import make_formatting_func
 
     table = pd.read_parquet(cfg.data.path, columns=["title", "content"]).dropna()
     formatting_func = make_formatting_func(cfg.data)
@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import numpy as np
 
-    from poetry_sft.data import prepare_poems
-    from poetry_sft.modeling import load_tokenizer, resolve_model_path
-    from poetry_sft.training import build_trainer, real_token_fraction
+    from poetry_sft.data.corpus import prepare_poems
+    from poetry_sft.model.loading import load_tokenizer, resolve_model_path
+    from poetry_sft.train.sft import build_trainer, real_token_fraction
 
     overrides = ["model=tiny", "model.random_init.vocabulary=qwen", "hardware=8gb", f"data.path={args.data}"]
     cfg = _compose(overrides)

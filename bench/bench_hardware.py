@@ -1,6 +1,6 @@
 """Peak memory and real-token throughput of every method x hardware pair, against the seed recipe.
 
-Each pair trains N steps through the real command (`python -m poetry_sft ...`, one process per pair, so
+Each pair trains N steps through the real command (`poetry-sft train ...`, one process per pair, so
 no CUDA memory leaks between them) with `hardware.emulate_budget=true`: on a big GPU the process is
 capped at the profile's VRAM, as on the consumer card. Data: real poem lengths from poems.parquet.
 
@@ -181,11 +181,11 @@ def _baseline_job(job: Path) -> None:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from poetry_sft import artifacts
-    from poetry_sft.compose import run_config
-    from poetry_sft.config import Precision
-    from poetry_sft.modeling import load_model, load_tokenizer, resolve_model_path
-    from poetry_sft.training import model_params, peak_memory, sft_config
+    from poetry_sft import atomic
+    from poetry_sft.config.compose import run_config
+    from poetry_sft.config.schema import Precision
+    from poetry_sft.model.loading import load_model, load_tokenizer, resolve_model_path
+    from poetry_sft.train.sft import model_params, peak_memory, sft_config
 
     spec = json.loads((job / "spec.json").read_text())
 
@@ -227,7 +227,7 @@ def _baseline_job(job: Path) -> None:
     trainer.train()
     seconds = time.perf_counter() - started
     real = int(trainer.state.num_input_tokens_seen)
-    artifacts.write_json(
+    atomic.write_json(
         job / "metrics.json",
         {
             "tokens_per_s": round(real / seconds, 1),

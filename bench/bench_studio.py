@@ -3,7 +3,7 @@
     python bench/bench_studio.py --runs runs/        # a folder with your runs
     python bench/bench_studio.py                     # trains a 10-step demo run into a temp folder first
 
-Each repeat is a fresh `python -m poetry_sft.studio` process (imports, page build, server start); the
+Each repeat is a fresh `poetry-sft studio` process (imports, page build, server start); the
 model is loaded later, on the first poem, so it is not part of the start time.
 """
 
@@ -32,7 +32,7 @@ def start_seconds(runs: Path) -> tuple[float, float]:
     port = _free_port()
     started = time.perf_counter()
     server = subprocess.Popen(
-        [sys.executable, "-m", "poetry_sft.studio", "--runs", str(runs), "--port", str(port)],
+        [sys.executable, "-m", "poetry_sft", "studio", "--runs", str(runs), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},

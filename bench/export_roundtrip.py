@@ -37,8 +37,8 @@ TEST_RUN = [  # tests/conftest.py tiny_overrides + tests/test_export.py BPE_MODE
 
 
 def train_test_run(root: Path) -> Path:
-    from poetry_sft.compose import run_config
-    from poetry_sft.training import train
+    from poetry_sft.config.compose import run_config
+    from poetry_sft.train.sft import train
 
     poems = root / "poems.jsonl"
     rows = [{**p, "author": "李白"} for p in QUATRAINS] * 8
@@ -51,10 +51,10 @@ def measure(run_dir: Path, root: Path) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from poetry_sft.export import QUANTS, export_run
-    from poetry_sft.generate import generate_poems
-    from poetry_sft.merge import merged_model
-    from poetry_sft.prompts import generation_prompt
+    from poetry_sft.data.prompts import generation_prompt
+    from poetry_sft.evaluate.generate import generate_poems
+    from poetry_sft.ship.export import QUANTS, export_run
+    from poetry_sft.ship.merge import merged_model
 
     model, tokenizer, cfg, _ = merged_model(run_dir, compare=False)
     greedy = dataclasses.replace(cfg.generation, do_sample=False, max_new_tokens=40, form=None)

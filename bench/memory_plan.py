@@ -3,7 +3,7 @@
     python bench/memory_plan.py           # one table per method: components (GiB) x shapes
     python bench/memory_plan.py --tables  # MemoryPlan.table() for every shape, with notes
 
-Pure arithmetic (poetry_sft.memory): no model is loaded and no GPU is needed. The architecture is
+Pure arithmetic (poetry_sft.model.memory): no model is loaded and no GPU is needed. The architecture is
 Qwen3-0.6B's config, written out so that nothing is downloaded.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from poetry_sft.memory import (
+from poetry_sft.model.memory import (
     GIB,
     PHASES_HEADER,
     ROW_LABELS,
@@ -26,9 +26,9 @@ def qwen3_06b() -> Architecture:
     """Qwen3-0.6B's shape, from the config group that builds it (conf/model/qwen3_0.6b_random.yaml)."""
     from omegaconf import OmegaConf
 
-    from poetry_sft.config import RandomInitSpec
+    from poetry_sft.config.schema import RandomInitSpec
+    from poetry_sft.model.random_init import qwen3_config, vocab_size
     from poetry_sft.paths import CONF_DIR
-    from poetry_sft.random_model import qwen3_config, vocab_size
 
     node = OmegaConf.load(CONF_DIR / "model" / "qwen3_0.6b_random.yaml").random_init
     spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RandomInitSpec), node))

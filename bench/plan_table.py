@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from poetry_sft.compose import run_config
+from poetry_sft.config.compose import run_config
 from poetry_sft.errors import ConfigError
-from poetry_sft.memory import GIB
+from poetry_sft.model.memory import GIB
+from poetry_sft.model.plan import check_budget, plan_run
 from poetry_sft.paths import CONF_DIR
-from poetry_sft.plan import check_budget, plan_run
 
 
 def main() -> None:

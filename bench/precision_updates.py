@@ -39,8 +39,8 @@ TINY_RUN = [
 def trained_update(overrides: list[str], run_dir: Path, bf16_weights: bool = False):
     import torch
 
-    from poetry_sft.compose import run_config
-    from poetry_sft.training import build_trainer
+    from poetry_sft.config.compose import run_config
+    from poetry_sft.train.sft import build_trainer
 
     cfg = run_config(overrides)
     trainer = build_trainer(cfg, run_dir)

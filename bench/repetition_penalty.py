@@ -1,6 +1,6 @@
 """Should the repetition penalty spare punctuation? Measured on a trained run, over its eval titles.
 
-    python bench/repetition_penalty.py runs/<run>      # e.g. the demo: python -m poetry_sft recipe=demo
+    python bench/repetition_penalty.py runs/<run>      # e.g. the demo: poetry-sft train recipe=demo
 
 Writes every title several times with the run's sampling settings (fixed seed) under three penalties:
 the plain transformers penalty (which also punishes the ，and 。 every line repeats), the same penalty
@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from poetry_sft.generate import generate_poems, load_run  # noqa: E402
+from poetry_sft.evaluate.generate import generate_poems, load_run  # noqa: E402
 from poetry_sft.poetry import score_poems  # noqa: E402
 
 ROWS = ("regulated_form_rate", "eos_termination_rate", "distinct_2", "repeated_line_rate")

@@ -1,6 +1,8 @@
-"""python -m poetry_sft method=qlora hardware=4gb ...  (see conf/config.yaml)"""
+"""python -m poetry_sft <verb> ...: the same as the `poetry-sft` command (poetry_sft/cli.py)."""
+
+import sys
 
 from poetry_sft.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from poetry_sft.compose import compose_config, run_config  # noqa: E402, F401 (the tests' helpers)
+from poetry_sft.config.compose import compose_config, run_config  # noqa: E402, F401 (the tests' helpers)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,7 +64,7 @@ PYTHON = sys.executable
 @pytest.fixture(scope="session")
 def demo_runs(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: None) -> Path:
     """A runs folder holding one short demo run (runs/demo): the README's demo recipe, 10 steps."""
-    from poetry_sft.training import train
+    from poetry_sft.train.sft import train
 
     runs = tmp_path_factory.mktemp("studio") / "runs"
     overrides = ["recipe=demo", "train.max_steps=10", "train.eval_steps=5", "train.save_steps=5"]

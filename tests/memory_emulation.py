@@ -34,7 +34,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.distributed._tools.mem_tracker import MemTracker
 from transformers.optimization import Adafactor
 
-from poetry_sft.memory import Architecture, TrainingShape
+from poetry_sft.model.memory import Architecture, TrainingShape
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 

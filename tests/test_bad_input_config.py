@@ -1,4 +1,4 @@
-"""The bad-input matrix for `python -m poetry_sft`: config keys, values, run directories and processes.
+"""The bad-input matrix for `poetry-sft train`: config keys, values, run directories and processes.
 
 Every case must be GOOD: exit code != 0, no traceback, stderr ends in one paragraph (after any log lines)
 that names the bad key or value and the fix, and nothing in the working directory is created or touched.

@@ -2,7 +2,7 @@
 traceback, and nothing of the user's lost or overwritten.
 
 Data files go through the training path (in-process, where the data pipeline reads them; two cases also
-through `python -m poetry_sft`, and all of them there under -m slow) and through `python -m poetry_sft.score`.
+through `poetry-sft train`, and all of them there under -m slow) and through `poetry-sft score`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from conftest import POEMS, PYTHON, run_config, tiny_overrides
 
 from poetry_sft.errors import DataFileError, PoetrySFTError
-from poetry_sft.training import train
+from poetry_sft.train.sft import train
 
 ROWS = [{**poem, "author": "李白"} for poem in POEMS] * 2
 JSONL = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ROWS)
@@ -139,7 +139,7 @@ def test_every_bad_data_file_from_the_training_command(case: str, tmp_path: Path
 
 
 def _score(*args: str | Path) -> subprocess.CompletedProcess:
-    command = [PYTHON, "-m", "poetry_sft.score", *map(str, args)]
+    command = [PYTHON, "-m", "poetry_sft", "score", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -163,9 +163,9 @@ def test_bad_data_file_fails_score_with_the_fix(case: str, tmp_path: Path):
 
 
 def test_good_files_of_every_type_still_train_and_score(tmp_path: Path):
-    from poetry_sft.config import Vocabulary
-    from poetry_sft.data import prepare_poems
-    from poetry_sft.random_model import build_tokenizer
+    from poetry_sft.config.schema import Vocabulary
+    from poetry_sft.data.corpus import prepare_poems
+    from poetry_sft.model.random_init import build_tokenizer
 
     tokenizer = build_tokenizer(Vocabulary.chars)
     for name, content in [
@@ -220,7 +220,7 @@ def test_generation_refuses_titles_holding_control_tokens(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ):
-    from poetry_sft import generate
+    from poetry_sft.evaluate import generate
 
     out = tmp_path / "poems.jsonl"
     monkeypatch.setattr(generate, "load_run", lambda *a, **k: pytest.fail("refused before the model loads"))
@@ -234,9 +234,10 @@ def test_generation_refuses_titles_holding_control_tokens(
 
 
 def test_control_tokens_are_one_definition_for_training_and_generation(finished_run: Path):
-    from poetry_sft import generate, prompts
-    from poetry_sft.artifacts import load_run_config
-    from poetry_sft.modeling import load_tokenizer
+    from poetry_sft.data import prompts
+    from poetry_sft.evaluate import generate
+    from poetry_sft.model.loading import load_tokenizer
+    from poetry_sft.run.artifacts import load_run_config
 
     tokenizer = load_tokenizer(str(finished_run / "model"))
     pattern = prompts.control_token_pattern(tokenizer)
@@ -255,7 +256,7 @@ def test_control_tokens_are_one_definition_for_training_and_generation(finished_
 def test_training_refuses_eval_titles_holding_control_tokens_before_the_model_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from poetry_sft import training
+    from poetry_sft.train import sft as training
 
     data = tmp_path / "poems.jsonl"
     data.write_text(JSONL, encoding="utf-8")
@@ -276,21 +277,22 @@ def test_the_command_merge_prints_generates_with_the_runs_prompt(
 ):
     import shlex
 
-    from poetry_sft import generate, merge
-    from poetry_sft.artifacts import load_run_config
+    from poetry_sft.evaluate import generate
+    from poetry_sft.run.artifacts import load_run_config
+    from poetry_sft.ship import merge
 
     out = tmp_path / "my merged"  # a space: the printed command must quote it
     assert merge.main([str(finished_run), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    command = next(line.strip() for line in printed.splitlines() if "poetry_sft.generate" in line)
+    command = next(line.strip() for line in printed.splitlines() if "poetry-sft generate" in line)
     argv = shlex.split(command)
-    assert argv[:3] == ["python", "-m", "poetry_sft.generate"] and "--model" in argv
+    assert argv[:2] == ["poetry-sft", "generate"] and "--model" in argv
 
     used: list = []
     real = generate.generate_poems
     monkeypatch.setattr(generate, "generate_poems", lambda *a, **k: used.append(a[3]) or real(*a, **k))
     greedy = ["--greedy", "--max-new-tokens", "16"]
-    assert generate.main([*argv[3:], *greedy, "--out", str(tmp_path / "merged.jsonl")]) == 0
+    assert generate.main([*argv[2:], *greedy, "--out", str(tmp_path / "merged.jsonl")]) == 0
     assert (
         generate.main(
             [str(finished_run), "--title", "春夜喜雨", *greedy, "--out", str(tmp_path / "run.jsonl")]
@@ -318,7 +320,7 @@ Row = tuple[Callable[[], tuple[int, str]], list[Path], list[str]]
 
 
 def _training(overrides: list[str], run_dir: Path) -> Callable[[], tuple[int, str]]:
-    """train() as `python -m poetry_sft` runs it: a PoetrySFTError is exit code 2 and its message."""
+    """train() as `poetry-sft train` runs it: a PoetrySFTError is exit code 2 and its message."""
 
     def run() -> tuple[int, str]:
         try:
@@ -346,7 +348,7 @@ def _data_row(case: str, tmp_path: Path, run: Path, capsys) -> Row:
 
 
 def _score_row(case: str, tmp_path: Path, run: Path, capsys) -> Row:
-    from poetry_sft import score
+    from poetry_sft.evaluate import score
 
     path, _, expected = _bad_file(tmp_path, case)
     return _main(score.main, [str(path)], capsys), [path], expected
@@ -371,7 +373,7 @@ def _checkpoints_not_ours(tmp_path: Path, run: Path, capsys) -> Row:
 
 
 def _resume_with_another_config(tmp_path: Path, run: Path, capsys) -> Row:
-    from poetry_sft.artifacts import save_run_config
+    from poetry_sft.run.artifacts import save_run_config
 
     data = tmp_path / "poems.jsonl"
     data.write_text(JSONL, encoding="utf-8")
@@ -385,7 +387,7 @@ def _resume_with_another_config(tmp_path: Path, run: Path, capsys) -> Row:
 
 
 def _retrain_a_finished_run(tmp_path: Path, run: Path, capsys) -> Row:
-    from poetry_sft.artifacts import load_run_config
+    from poetry_sft.run.artifacts import load_run_config
 
     cfg = load_run_config(run)
     overrides = [*tiny_overrides("lora", Path(cfg.data.path), steps=2)]
@@ -400,7 +402,7 @@ def _retrain_a_finished_run(tmp_path: Path, run: Path, capsys) -> Row:
 
 def _generate_row(args: list[str], expected: list[str], files: dict[str, bytes] | None = None):
     def row(tmp_path: Path, run: Path, capsys) -> Row:
-        from poetry_sft import generate
+        from poetry_sft.evaluate import generate
 
         written = []
         for name, content in (files or {}).items():
@@ -413,7 +415,7 @@ def _generate_row(args: list[str], expected: list[str], files: dict[str, bytes] 
 
 
 def _merge_full_run(tmp_path: Path, run: Path, capsys) -> Row:
-    from poetry_sft import merge
+    from poetry_sft.ship import merge
 
     full = tmp_path / "full"
     (full / "model").mkdir(parents=True)
@@ -427,7 +429,7 @@ def _merge_full_run(tmp_path: Path, run: Path, capsys) -> Row:
 
 
 def _merge_into_users_folder(tmp_path: Path, run: Path, capsys) -> Row:
-    from poetry_sft import merge
+    from poetry_sft.ship import merge
 
     mine = tmp_path / "mine" / "notes.txt"
     mine.parent.mkdir()
@@ -437,7 +439,7 @@ def _merge_into_users_folder(tmp_path: Path, run: Path, capsys) -> Row:
 
 
 def _merge_not_a_run(tmp_path: Path, run: Path, capsys) -> Row:
-    from poetry_sft import merge
+    from poetry_sft.ship import merge
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -522,9 +524,9 @@ def test_a_full_disk_for_the_data_cache_does_not_stop_training(
     import errno
     import logging
 
-    from poetry_sft import data
-    from poetry_sft.config import Vocabulary
-    from poetry_sft.random_model import build_tokenizer
+    from poetry_sft.config.schema import Vocabulary
+    from poetry_sft.data import corpus as data
+    from poetry_sft.model.random_init import build_tokenizer
 
     def disk_full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")

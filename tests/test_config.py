@@ -166,7 +166,7 @@ def test_trait_combinations_that_cannot_train_are_refused(overrides: list[str], 
 def test_a_run_saved_by_an_earlier_version_still_loads_and_resumes(tmp_path: Path):
     from omegaconf import OmegaConf
 
-    from poetry_sft import artifacts
+    from poetry_sft.run import artifacts
 
     cfg = run_config(["model=tiny", "data=sample", "method=lora"])
     artifacts.save_run_config(cfg, tmp_path)

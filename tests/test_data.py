@@ -7,14 +7,14 @@ import pytest
 import torch
 from conftest import POEMS, run_config, tiny_overrides
 
-from poetry_sft import artifacts
-from poetry_sft.config import DataConfig, PromptStyle, Vocabulary
-from poetry_sft.data import prepare_poems
+from poetry_sft.config.schema import DataConfig, PromptStyle, Vocabulary
+from poetry_sft.data.corpus import prepare_poems
+from poetry_sft.data.prompts import generation_prompt, make_formatting_func, poem_keywords
 from poetry_sft.errors import ConfigError
+from poetry_sft.model.random_init import build_tokenizer
 from poetry_sft.paths import SAMPLE_POEMS
 from poetry_sft.poetry import CORPUS_FORMS, corpus_form, split_first_line
-from poetry_sft.prompts import generation_prompt, make_formatting_func, poem_keywords
-from poetry_sft.random_model import build_tokenizer
+from poetry_sft.run import artifacts
 
 EOS = "<|im_end|>"
 
@@ -75,8 +75,8 @@ def test_labels_match_trls_own_tokenisation_of_the_conversational_example(tokeni
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from poetry_sft.config import RandomInitSpec
-    from poetry_sft.random_model import random_model_dir
+    from poetry_sft.config.schema import RandomInitSpec
+    from poetry_sft.model.random_init import random_model_dir
 
     cfg = _cfg(distinct_poems)
     data = prepare_poems(cfg, tokenizer, max_length=256, use_cache=False)
@@ -316,7 +316,7 @@ def _nll(model, input_ids, labels, **kwargs) -> tuple[float, int]:
 def test_a_packed_batch_has_the_loss_of_its_poems_alone(
     batching: str, attention: str, distinct_poems: Path, tmp_path: Path
 ):
-    from poetry_sft.training import build_trainer, real_token_fraction
+    from poetry_sft.train.sft import build_trainer, real_token_fraction
 
     overrides = [o for o in tiny_overrides("full", distinct_poems) if "deduplicate" not in o]
     overrides += [f"data.batching={batching}", f"model.attn_implementation={attention}"]
@@ -337,7 +337,7 @@ def test_a_packed_batch_has_the_loss_of_its_poems_alone(
 
 
 def test_a_run_reports_its_data_and_real_token_fraction(poems_file: Path, tmp_path: Path):
-    from poetry_sft.training import train
+    from poetry_sft.train.sft import train
 
     run_dir = tmp_path / "run"
     metrics = train(run_config(tiny_overrides("lora", poems_file, steps=1)), run_dir)
@@ -347,7 +347,7 @@ def test_a_run_reports_its_data_and_real_token_fraction(poems_file: Path, tmp_pa
 
 
 def test_padded_batching_groups_poems_by_length(distinct_poems: Path, tmp_path: Path):
-    from poetry_sft.training import build_trainer, real_token_fraction
+    from poetry_sft.train.sft import build_trainer, real_token_fraction
 
     overrides = [o for o in tiny_overrides("lora", distinct_poems) if "deduplicate" not in o]
     overrides += ["data.batching=padded", "data.eval_size=1"]
@@ -361,7 +361,7 @@ def test_padded_batching_groups_poems_by_length(distinct_poems: Path, tmp_path: 
 
 def test_tokenizers_without_a_rust_backend_give_the_same_examples(tokenizer):
     """The slow-tokenizer path of the batched encoder agrees with the Rust one, token for token."""
-    from poetry_sft.data import _chat_skeleton, _encode_examples
+    from poetry_sft.data.corpus import _chat_skeleton, _encode_examples
 
     class Slow:  # the tokenizer's Python interface, without backend_tokenizer
         def __init__(self, inner):

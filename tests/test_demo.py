@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON
 
-from poetry_sft.showcase import CURVE_FILE, SHOWCASE_FILE, side_by_side
+from poetry_sft.evaluate.showcase import CURVE_FILE, SHOWCASE_FILE, side_by_side
 
 HEADINGS = ("untrained / 训练前", "trained / 训练后", "trained, 五言绝句 + rhyme")
 

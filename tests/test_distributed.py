@@ -91,7 +91,7 @@ def test_accelerate_ddp_on_two_cpu_processes(poems_file: Path, tmp_path: Path):
 
 @pytest.mark.slow
 def test_accelerate_fsdp_full_fine_tuning_on_two_cpu_processes(poems_file: Path, tmp_path: Path):
-    from poetry_sft.generate import generate_poems, load_run
+    from poetry_sft.evaluate.generate import generate_poems, load_run
 
     run_dir = tmp_path / "fsdp"
     overrides = tiny_overrides("full", poems_file, steps=4) + ["train.save_steps=2", f"run_dir={run_dir}"]

@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import PYTHON, run_config
 
-from poetry_sft import doctor
 from poetry_sft.errors import ConfigError
+from poetry_sft.model import doctor
 
 
 def test_doctor_runs_on_cpu_and_names_versions_and_the_fix():
-    done = subprocess.run([PYTHON, "-m", "poetry_sft.doctor"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([PYTHON, "-m", "poetry_sft", "doctor"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"torch        {torch.__version__}" in done.stdout
     assert "CPU only" in done.stdout and "pip install torch==2.13.0" in done.stdout

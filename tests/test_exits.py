@@ -8,24 +8,41 @@ from conftest import PYTHON
 
 from poetry_sft.errors import ERROR_PREFIX, USER_ERROR_EXIT
 
-CASES = {  # a command and an input it must refuse
-    "poetry_sft": ["method=qlroa"],
-    "poetry_sft.plan": ["method=qlroa"],
-    "poetry_sft.generate": ["no_such_run", "--title", "登高"],
-    "poetry_sft.score": ["no_such_file.jsonl"],
-    "poetry_sft.merge": ["no_such_run"],
-    "poetry_sft.report": ["no_such_run"],
-    "poetry_sft.export": ["no_such_run"],
-    "poetry_sft.sweep_report": ["no_such_sweep"],
+CASES = {  # a command line and an input it must refuse
+    "train": ["method=qlroa"],
+    "plan": ["method=qlroa"],
+    "generate": ["no_such_run", "--title", "登高"],
+    "score": ["no_such_file.jsonl"],
+    "merge": ["no_such_run"],
+    "report": ["no_such_run"],
+    "export": ["no_such_run"],
+    "sweep-report": ["no_such_sweep"],
 }
 
 
-@pytest.mark.parametrize("module", list(CASES))
-def test_every_command_reports_a_user_error_the_same_way(module: str, tmp_path: Path):
+@pytest.mark.parametrize("verb", list(CASES))
+def test_every_command_reports_a_user_error_the_same_way(verb: str, tmp_path: Path):
     result = subprocess.run(
-        [PYTHON, "-m", module, *CASES[module]], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [PYTHON, "-m", "poetry_sft", verb, *CASES[verb]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == USER_ERROR_EXIT, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert ERROR_PREFIX in result.stderr, result.stderr[-2000:]
     assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_the_old_entry_points_still_refuse_the_same_way(tmp_path: Path):
+    """`python -m poetry_sft.generate ...` from users' scripts: the same command as the verb."""
+    result = subprocess.run(
+        [PYTHON, "-m", "poetry_sft.generate", "no_such_run", "--title", "登高"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == USER_ERROR_EXIT and ERROR_PREFIX in result.stderr
+    assert "Traceback" not in result.stderr

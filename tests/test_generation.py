@@ -8,14 +8,16 @@ import pytest
 import torch
 from conftest import POEMS, run_config, tiny_overrides
 
-from poetry_sft import generate, merge, poetry, report, score
-from poetry_sft.callbacks import EVAL_POEMS_FILE
-from poetry_sft.config import SamplingConfig
+from poetry_sft import poetry
+from poetry_sft.config.schema import SamplingConfig
+from poetry_sft.data.prompts import generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError
-from poetry_sft.generate import THINK_TOKENS, generate_poems, load_run
-from poetry_sft.modeling import resolve_model_path
-from poetry_sft.prompts import generation_prompt
-from poetry_sft.training import build_trainer, train
+from poetry_sft.evaluate import generate, report, score
+from poetry_sft.evaluate.generate import THINK_TOKENS, generate_poems, load_run
+from poetry_sft.model.loading import resolve_model_path
+from poetry_sft.ship import merge
+from poetry_sft.train.callbacks import EVAL_POEMS_FILE
+from poetry_sft.train.sft import build_trainer, train
 
 TITLES = ["静夜思", "春晓"]
 GREEDY = SamplingConfig(do_sample=False, max_new_tokens=24, repetition_penalty=1.0)
@@ -196,7 +198,7 @@ def test_generation_stops_at_the_end_token_and_says_so(full_run: Path):
 
 
 def test_each_prompt_style_generates_from_what_it_was_trained_on(full_run: Path):
-    from poetry_sft.config import PromptStyle
+    from poetry_sft.config.schema import PromptStyle
 
     model, tokenizer, cfg = load_run(full_run)
     style = lambda name: dataclasses.replace(cfg.data, prompt_style=PromptStyle(name))  # noqa: E731
@@ -336,7 +338,7 @@ def test_callback_logs_poetry_scores_beside_eval_loss(method: str, poems_path: P
 
 
 def test_no_callback_unless_eval_titles_are_configured(poems_path: Path, tmp_path: Path):
-    from poetry_sft.callbacks import PoetryEvalCallback
+    from poetry_sft.train.callbacks import PoetryEvalCallback
 
     trainer = build_trainer(run_config(tiny_overrides("lora", poems_path, steps=1)), tmp_path)
     assert not any(isinstance(cb, PoetryEvalCallback) for cb in trainer.callback_handler.callbacks)

@@ -13,7 +13,7 @@ import re
 import pytest
 from memory_emulation import qwen3_config
 
-from poetry_sft.memory import (
+from poetry_sft.model.memory import (
     GIB,
     Architecture,
     TrainingShape,

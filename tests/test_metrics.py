@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from poetry_sft import poetry, score
+from poetry_sft import poetry
+from poetry_sft.evaluate import score
 from poetry_sft.poetry.copying import CopyIndex
 
 JING_YE_SI = "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"  # 古绝: rhymes, not fully regulated

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import run_config
 
-from poetry_sft.config import ModelConfig, ModelHub
+from poetry_sft.config.schema import ModelConfig, ModelHub
 from poetry_sft.errors import ResourceNotFoundError
-from poetry_sft.modeling import load_tokenizer, resolve_model_path
+from poetry_sft.model.loading import load_tokenizer, resolve_model_path
 
 
 @pytest.fixture

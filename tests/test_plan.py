@@ -9,9 +9,9 @@ from conftest import PYTHON, run_config
 from omegaconf import OmegaConf
 
 from poetry_sft.errors import ConfigError
-from poetry_sft.memory import GIB
+from poetry_sft.model.memory import GIB
+from poetry_sft.model.plan import check_budget, training_shape
 from poetry_sft.paths import CONF_DIR
-from poetry_sft.plan import check_budget, training_shape
 
 QWEN_SHAPE = "model=qwen3_0.6b_random"  # Qwen3-0.6B's exact shape; nothing is built to plan it
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
@@ -68,7 +68,7 @@ def test_over_budget_run_fails_before_anything_is_written(tmp_path: Path):
 
 
 def test_plan_command_prints_the_table(tmp_path: Path):
-    cmd = [PYTHON, "-m", "poetry_sft.plan", QWEN_SHAPE, "method=qlora", "hardware=4gb"]
+    cmd = [PYTHON, "-m", "poetry_sft", "plan", QWEN_SHAPE, "method=qlora", "hardware=4gb"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "weights" in result.stdout and "fits:" in result.stdout
@@ -77,8 +77,8 @@ def test_plan_command_prints_the_table(tmp_path: Path):
 def test_dora_plans_its_magnitude_vectors_and_weight_norms():
     lora, dora = (training_shape(run_config([QWEN_SHAPE, f"method={m}"])) for m in ("lora", "dora"))
     assert not lora.dora and dora.dora
-    from poetry_sft.memory import plan_memory
-    from poetry_sft.plan import architecture
+    from poetry_sft.model.memory import plan_memory
+    from poetry_sft.model.plan import architecture
 
     qwen = architecture(run_config([QWEN_SHAPE]))
     assert qwen is not None

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import run_config, tiny_overrides
 
-from poetry_sft.config import Precision
-from poetry_sft.modeling import precision_choice, quantization_config
-from poetry_sft.training import build_trainer
+from poetry_sft.config.schema import Precision
+from poetry_sft.model.loading import precision_choice, quantization_config
+from poetry_sft.train.sft import build_trainer
 
 CARDS = {  # name: (compute capability, what auto must pick)
     "Tesla T4": ((7, 5), Precision.fp16),

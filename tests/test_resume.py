@@ -14,9 +14,9 @@ import pytest
 from conftest import PYTHON, run_config, tiny_overrides
 from omegaconf import OmegaConf
 
-from poetry_sft import artifacts
 from poetry_sft.errors import DiskFullError, RunDirError
-from poetry_sft.training import train
+from poetry_sft.run import artifacts
+from poetry_sft.train.sft import train
 
 
 def _fake_checkpoint(run_dir: Path, step: int, state: str | None, weights: bytes | None = None) -> Path:

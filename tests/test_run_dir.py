@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import PYTHON, tiny_overrides
 
-from poetry_sft import artifacts
 from poetry_sft.errors import RunDirError
-from poetry_sft.run_lock import LOCK_FILE, RunLock
+from poetry_sft.run import artifacts
+from poetry_sft.run.lock import LOCK_FILE, RunLock
 
 
 def _launch(overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:

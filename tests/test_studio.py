@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import run_config, tiny_overrides
 
-from poetry_sft import artifacts, poetry
+from poetry_sft import atomic, poetry
+from poetry_sft.run import artifacts
 from poetry_sft.studio import logic
 from poetry_sft.studio.logic import Studio, StudioError, analyse_poem, poem_html
 
@@ -87,7 +88,7 @@ def _fake_run(root: Path, name: str, poems: Path, finished: bool = True, trainin
         (run_dir / artifacts.CHECKPOINTS_DIR).mkdir()
     if finished:
         (run_dir / artifacts.MODEL_DIR).mkdir()
-        artifacts.write_json(run_dir / artifacts.METRICS_FILE, {"eval_loss": 1.25, "global_step": 3})
+        atomic.write_json(run_dir / artifacts.METRICS_FILE, {"eval_loss": 1.25, "global_step": 3})
     return run_dir
 
 
@@ -260,7 +261,7 @@ def test_the_runs_view_has_loss_curves_and_poetry_scores(demo_runs: Path):
 
 
 def test_the_command_refuses_a_missing_runs_folder(tmp_path: Path, capsys: pytest.CaptureFixture):
-    from poetry_sft.studio.__main__ import main
+    from poetry_sft.studio.command import main
 
     assert main(["--runs", str(tmp_path / "nope")]) == 2
     assert "--runs" in capsys.readouterr().err

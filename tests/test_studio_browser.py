@@ -1,6 +1,6 @@
 """The studio page in a real browser: headless Chromium (the system's `chromium`) through Playwright.
 
-Starts `python -m poetry_sft.studio` on the demo run, writes a poem, opens the Data and Runs tabs,
+Starts `poetry-sft studio` on the demo run, writes a poem, opens the Data and Runs tabs,
 submits bad input, and checks that the page never asks anything of a host other than the studio.
 """
 
@@ -39,7 +39,7 @@ def studio_url(demo_runs: Path) -> Iterator[str]:
     log = demo_runs.parent / "studio.log"
     with log.open("w") as out:
         server = subprocess.Popen(
-            [PYTHON, "-m", "poetry_sft.studio", "--runs", str(demo_runs), "--port", str(port)],
+            [PYTHON, "-m", "poetry_sft", "studio", "--runs", str(demo_runs), "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},

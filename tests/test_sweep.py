@@ -10,10 +10,10 @@ import pytest
 from conftest import PYTHON, tiny_overrides
 from omegaconf import OmegaConf
 
-from poetry_sft.artifacts import save_run_config
-from poetry_sft.checks import to_run_config
-from poetry_sft.sweep import child_command, job_dirname, run_job
-from poetry_sft.sweep_report import read_jobs, write_summary
+from poetry_sft.config.checks import to_run_config
+from poetry_sft.run.artifacts import save_run_config
+from poetry_sft.train.sweep import child_command, job_dirname, run_job
+from poetry_sft.train.sweep_report import read_jobs, write_summary
 
 
 def test_job_dirnames_are_deterministic_unique_and_safe():
@@ -32,6 +32,7 @@ def test_child_command_runs_the_job_as_a_single_run_in_its_directory(tmp_path: P
     assert command[1:] == [
         "-m",
         "poetry_sft",
+        "train",
         "--config-name",
         "config",
         "method=lora",
@@ -77,7 +78,10 @@ def test_summary_is_rebuilt_from_any_sweep_directory(tmp_path: Path):
 
 def test_report_cli_names_a_directory_without_jobs(tmp_path: Path):
     result = subprocess.run(
-        [PYTHON, "-m", "poetry_sft.sweep_report", str(tmp_path)], capture_output=True, text=True, timeout=120
+        [PYTHON, "-m", "poetry_sft", "sweep-report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0 and "holds no sweep jobs" in result.stderr
 
@@ -157,7 +161,7 @@ def test_a_finished_job_is_skipped_without_starting_a_process(
 
 
 def _compose_with_hydra(overrides: list[str]):
-    from poetry_sft.compose import compose_config
+    from poetry_sft.config.compose import compose_config
 
     return compose_config(overrides, with_hydra=True)
 
@@ -214,7 +218,7 @@ def test_optuna_search_rerun_replays_finished_trials(poems_file: Path, tmp_path:
 def test_a_crashed_job_process_is_recorded_and_the_sweep_goes_on(
     script: str, expected: str, poems_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    import poetry_sft.sweep as sweep
+    import poetry_sft.train.sweep as sweep
 
     monkeypatch.setattr(sweep, "child_command", lambda *args: [PYTHON, "-c", script])
     assert run_job(_job_config(poems_file), tmp_path, []) == math.inf
@@ -261,7 +265,7 @@ def test_a_two_job_sweep_with_one_failed_job_exits_non_zero(poems_file: Path, tm
 
 
 def test_short_job_names_are_unchanged_and_long_ones_keep_the_swept_values(monkeypatch: pytest.MonkeyPatch):
-    from poetry_sft import sweep
+    from poetry_sft.train import sweep
 
     monkeypatch.setattr(sweep, "_swept_keys", {"method.r"})
     assert job_dirname("method.r=8,method=lora") == "method.r=8,method=lora"  # re-runs find their jobs

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import run_config, tiny_overrides
 
-from poetry_sft import artifacts
-from poetry_sft.generate import generate_poems, load_run
-from poetry_sft.training import build_trainer, train
+from poetry_sft.evaluate.generate import generate_poems, load_run
+from poetry_sft.run import artifacts
+from poetry_sft.train.sft import build_trainer, train
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -127,7 +127,7 @@ def test_loss_falls_on_a_memorisable_set(method: str, poems_file: Path, tmp_path
 
 
 def test_trainer_pass_through_reaches_sft_config_and_typos_are_refused(poems_file: Path, tmp_path: Path):
-    from poetry_sft.training import trainer_problems
+    from poetry_sft.train.sft import trainer_problems
 
     overrides = tiny_overrides("lora", poems_file, steps=1) + ["+trainer.neftune_noise_alpha=5"]
     trainer = build_trainer(run_config(overrides), tmp_path)
@@ -139,7 +139,7 @@ def test_trainer_pass_through_reaches_sft_config_and_typos_are_refused(poems_fil
 
 
 def test_a_saved_tokenizer_with_batch_padding_loads_unpadded(poems_file: Path, tmp_path: Path):
-    from poetry_sft.modeling import load_tokenizer, resolve_model_path
+    from poetry_sft.model.loading import load_tokenizer, resolve_model_path
 
     cfg = run_config(tiny_overrides("lora", poems_file))
     tokenizer = load_tokenizer(resolve_model_path(cfg.model))

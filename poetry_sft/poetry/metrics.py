@@ -2,7 +2,7 @@
 
 Every function takes plain strings (poems in simplified or traditional characters, one 联 or one 句
 per text line) and returns plain numbers, so the same code scores generations in a training
-callback, in `python -m poetry_sft.score`, in the studio and in `bench/bench_metrics.py`.
+callback, in `poetry-sft score`, in the studio and in `bench/bench_metrics.py`.
 Shapes come from `forms`, rhyme and tone from `prosody`.
 """
 

@@ -14,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from poetry_sft.config import PromptStyle  # noqa: E402
+from poetry_sft.config.schema import PromptStyle  # noqa: E402
 from poetry_sft.studio.logic import (  # noqa: E402
     FORM_CHOICES,
     MAX_NEW_TOKENS,
@@ -150,7 +150,7 @@ def build(studio: Studio) -> gr.Blocks:
 
         def on_run(name: str | None) -> tuple[str, Any]:
             if not name:
-                return "没有训练结果 no runs yet: train one (`python -m poetry_sft recipe=demo`)", gr.update()
+                return "没有训练结果 no runs yet: train one (`poetry-sft train recipe=demo`)", gr.update()
             try:
                 info = studio.run_info(name)
             except StudioError as err:

@@ -27,16 +27,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from poetry_sft import artifacts, poetry
-from poetry_sft.checks import sampling_problems
-from poetry_sft.config import PromptStyle, RunConfig, SamplingConfig
+from poetry_sft import poetry
+from poetry_sft.config.checks import sampling_problems
+from poetry_sft.config.schema import PromptStyle, RunConfig, SamplingConfig
+from poetry_sft.data.prompts import CHAT_CONTROL_TEXT
 from poetry_sft.errors import PoetrySFTError
-from poetry_sft.prompts import CHAT_CONTROL_TEXT
+from poetry_sft.run import artifacts
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from poetry_sft.generate import Poem
+    from poetry_sft.evaluate.generate import Poem
 
 MAX_SUBJECT_CHARS = (
     64  # a title, a first line (七言: 8 with its comma) or a few keywords; more is not a prompt
@@ -204,7 +205,7 @@ def open_run(root: Path, name: str) -> tuple[Path, RunConfig]:
     if not (run_dir / artifacts.CONFIG_FILE).is_file():
         raise StudioError(
             f"{name} is not a poetry_sft run (no {artifacts.CONFIG_FILE}): pick a run directory written by "
-            "`python -m poetry_sft`"
+            "`poetry-sft train`"
         )
     status = _run_status(run_dir)
     if status == "training":
@@ -489,7 +490,7 @@ def check_subject(subject: str, style: PromptStyle) -> str:
             f"the {what} is {len(text)} characters long; at most {MAX_SUBJECT_CHARS} make a prompt like the "
             "ones the run was trained on. Fix: shorten it"
         )
-    if control := CHAT_CONTROL_TEXT.search(text):  # the one definition, beside training's (data.py)
+    if control := CHAT_CONTROL_TEXT.search(text):  # the one definition, beside training's (data/corpus.py)
         raise StudioError(
             f"the {what} contains {control[0]!r}, a control token of the chat template: it would end or "
             "forge a chat turn. Fix: remove it"
@@ -567,7 +568,7 @@ class Studio:
     def _model(self, run_dir: Path, base: bool) -> tuple[Any, Any]:
         """The run's fine-tuned (or base) model and tokenizer, loaded once. The cache holds runs: each
         keeps the models it has loaded (fine-tuned, base), and switching runs frees the old run's."""
-        from poetry_sft.generate import load_run
+        from poetry_sft.evaluate.generate import load_run
 
         try:
             stamp = (run_dir / artifacts.METRICS_FILE).stat().st_mtime_ns  # a re-trained run is reloaded
@@ -586,7 +587,7 @@ class Studio:
     def _write_one(
         self, run_dir: Path, cfg: RunConfig, base: bool, subject: str, sampling: SamplingConfig
     ) -> Poem:
-        from poetry_sft.generate import generate_poems
+        from poetry_sft.evaluate.generate import generate_poems
 
         with self._generate_lock:
             try:
@@ -636,8 +637,8 @@ class Studio:
 
     def preview_data(self, run: str, n_examples: int = 3) -> DataPreview:
         """Training examples exactly as the trainer sees them: the run's data, prompt and tokenizer."""
-        from poetry_sft.data import prepare_poems
-        from poetry_sft.modeling import load_tokenizer
+        from poetry_sft.data.corpus import prepare_poems
+        from poetry_sft.model.loading import load_tokenizer
 
         run_dir = resolve_under(self.root, run)
         if not (run_dir / artifacts.CONFIG_FILE).is_file():
@@ -648,7 +649,7 @@ class Studio:
             raise StudioError(f"run {run}: its config cannot be read ({err})") from err
         tokenizer_dir = run_dir / artifacts.MODEL_DIR
         if not tokenizer_dir.is_dir():  # still training: the tokenizer the run started from
-            from poetry_sft.modeling import resolve_model_path
+            from poetry_sft.model.loading import resolve_model_path
 
             tokenizer_dir = Path(resolve_model_path(cfg.model))
         try:
@@ -858,8 +859,8 @@ def run_overview(name: str, run_dir: Path) -> RunOverview:
 
 
 def sweep_overview(name: str, sweep_dir: Path) -> RunOverview:
-    """A sweep: its summary.md/png (from `python -m poetry_sft.sweep_report`), else a table of its jobs."""
-    from poetry_sft.sweep_report import read_jobs
+    """A sweep: its summary.md/png (from `poetry-sft sweep-report`), else a table of its jobs."""
+    from poetry_sft.train.sweep_report import read_jobs
 
     summary = sweep_dir / "summary.md"
     jobs = read_jobs(sweep_dir)
@@ -873,7 +874,7 @@ def sweep_overview(name: str, sweep_dir: Path) -> RunOverview:
         ]
         text = "\n".join(
             [
-                "no summary.md yet (make one: `python -m poetry_sft.sweep_report " + name + "`)",
+                "no summary.md yet (make one: `poetry-sft sweep-report " + name + "`)",
                 "",
                 "| job | status | overrides | eval_loss |",
                 "|---|---|---|---|",

@@ -1,6 +1,6 @@
 """A screenshot of the studio writing a poem: python -m poetry_sft.studio.screenshot --out docs/studio.png
 
-Without --runs it first trains the offline demo (`python -m poetry_sft recipe=demo`, a few minutes
+Without --runs it first trains the offline demo (`poetry-sft train recipe=demo`, a few minutes
 on CPU) into a temporary folder. Needs the system Chromium and Playwright (`.[test]`); for Chinese
 glyphs the machine needs a CJK font (Debian: fonts-noto-cjk).
 """

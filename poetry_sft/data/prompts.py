@@ -1,0 +1,175 @@
+"""Prompts: the one place that says what a model is asked and how the chat is rendered.
+
+Templates per prompt style, the fields they may use, the subject a generation request gives, keyword
+picking, the chat rendering (Qwen3 template, thinking disabled), TRL's formatting function, and the
+generation prompt. Data preparation, generation, the studio and config validation all use these, so
+a poem is generated from exactly the prompt it was trained on.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from poetry_sft.config.schema import DataConfig, PromptStyle
+from poetry_sft.config.templates import PROMPT_SUBJECT, prompt_fields, prompt_template
+from poetry_sft.errors import ConfigError
+from poetry_sft.paths import IMAGERY_WORDS
+from poetry_sft.poetry import corpus_form, split_first_line
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+KEYWORD_SEPARATOR = "、"
+
+
+# The Qwen3 chat template renders an empty <think></think> block before the answer when thinking is
+# off; it belongs to the prompt (masked), so the model never learns to write <think> itself.
+class ChatTemplateKwargs(TypedDict):
+    enable_thinking: bool
+
+
+CHAT_TEMPLATE_KWARGS: ChatTemplateKwargs = {"enable_thinking": False}
+
+
+@functools.cache
+def _imagery_pattern() -> re.Pattern:
+    words = {
+        word
+        for line in IMAGERY_WORDS.read_text(encoding="utf-8").splitlines()
+        for word in line.split("#")[0].split()
+    }
+    # Longest first: at one position the regex takes the first alternative that matches (明月, not 月).
+    return re.compile("|".join(map(re.escape, sorted(words, key=len, reverse=True))))
+
+
+def poem_keywords(content: str, limit: int = 3) -> str:
+    """The imagery words (resources/imagery.txt) a poem uses, in order of first use, joined by 、.
+    "" when it uses none."""
+    found: list[str] = []
+    for match in _imagery_pattern().finditer(content):
+        if match[0] not in found:
+            found.append(match[0])
+            if len(found) == limit:
+                break
+    return KEYWORD_SEPARATOR.join(found)
+
+
+def keywords_text(value: Any) -> str:
+    """A keywords cell: a string, or a list of strings (joined by 、)."""
+    if isinstance(value, (list, tuple)):
+        return KEYWORD_SEPARATOR.join(v.strip() for v in value if isinstance(v, str) and v.strip())
+    return value.strip() if isinstance(value, str) else ""
+
+
+def user_and_completion(
+    template: str, style: PromptStyle, row: dict[str, Any], max_keywords: int = 3
+) -> tuple[str, str]:
+    content = row["content"]
+    fields = {
+        "title": row.get("title", ""),
+        "author": row.get("author", ""),
+        "dynasty": row.get("dynasty", ""),
+    }
+    if "{form}" in template:
+        fields["form"] = row.get("form") or corpus_form(content)
+    if "{keywords}" in template:
+        fields["keywords"] = keywords_text(row.get("keywords")) or poem_keywords(content, max_keywords)
+    if style is PromptStyle.first_line:
+        parts = split_first_line(content)
+        if parts is None:
+            raise ValueError(f"a one-line poem cannot be continued: {content!r}")
+        fields["first_line"], content = parts
+    return template.format(**fields), content
+
+
+def _messages(system_prompt: str, user: str) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": user}]
+
+
+def make_formatting_func(cfg: DataConfig) -> Callable[[dict], dict]:
+    """A poem row -> TRL's conversational prompt-completion example: the question and the poem."""
+    template = prompt_template(cfg)
+
+    def formatting_func(row: dict) -> dict:
+        user, completion = user_and_completion(template, cfg.prompt_style, row, cfg.max_keywords)
+        return {
+            "prompt": _messages(cfg.system_prompt, user),
+            "completion": [{"role": "assistant", "content": completion}],
+            "chat_template_kwargs": CHAT_TEMPLATE_KWARGS,
+        }
+
+    return formatting_func
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str, user: str) -> str:
+    """The rendered chat up to where the assistant's answer starts (thinking disabled)."""
+    if not tokenizer.chat_template:
+        raise ConfigError(
+            f"the tokenizer of '{tokenizer.name_or_path}' has no chat template; poetry_sft renders prompts "
+            "with it. Fix: use a chat model's tokenizer (e.g. Qwen/Qwen3-0.6B) or set tokenizer.chat_template"
+        )
+    rendered = tokenizer.apply_chat_template(
+        _messages(system_prompt, user), tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
+    )
+    assert isinstance(rendered, str)  # tokenize=False: the text, not ids
+    return rendered
+
+
+# ---------------------------------------------------------------------------------------------
+# Control tokens: text that a tokenizer would read as chat structure
+
+
+def control_token_pattern(tokenizer: PreTrainedTokenizerBase) -> re.Pattern | None:
+    """The tokenizer's added tokens (<|im_end|>, <|im_start|>, <|endoftext|>, <think>...) as text: the
+    tokenizer splits them out before anything else, so in a poem, a title or any prompt text they would
+    become the control tokens themselves. The one definition: training drops rows holding them, generation
+    refuses titles holding them (refuse_control_tokens)."""
+    added = sorted({t.content for t in tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, added))) if added else None
+
+
+# The chat template's control-token forms, whatever the tokenizer: <|im_end|>, <|im_start|>, <think>... Text
+# like this in a prompt would end or forge a chat turn (the studio checks what users type against it).
+CHAT_CONTROL_TEXT = re.compile(r"<\|[^<>]*\|>|</?think>")
+
+
+def refuse_control_tokens(tokenizer: PreTrainedTokenizerBase | None, what: str, texts: list[str]) -> None:
+    """ConfigError for the first of `texts` (what: "--title", "generation.eval_titles"...) holding the text
+    of a control token: generation would read it as the token (`<|im_end|>` ends the user's turn). Without
+    a tokenizer (before one is loaded) the chat template's forms only (CHAT_CONTROL_TEXT)."""
+    pattern = control_token_pattern(tokenizer) if tokenizer is not None else None
+    for text in texts:
+        tokens = set(pattern.findall(text)) if pattern else set()
+        if found := sorted(tokens | set(CHAT_CONTROL_TEXT.findall(text))):
+            raise ConfigError(
+                f"{what} {text!r} holds {', '.join(found)}: the text of the tokenizer's control token(s), "
+                "which the model would read as the tokens themselves (<|im_end|> ends the prompt's turn, "
+                "<think> opens reasoning), not as text. Training drops such poems and titles for the same "
+                f"reason (data_report.json: special_token).\n  Fix: remove {', '.join(found)} from it."
+            )
+
+
+def generation_prompt(
+    tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, subject: str, form: str | None = None, **fields: str
+) -> str:
+    """The text a model sees before writing a poem: exactly the training prompt.
+
+    `subject` is what the style asks for (PROMPT_SUBJECT): the title (title, form_theme), the first line
+    (first_line) or the keywords (keywords, e.g. "明月、孤舟"). form_theme also needs `form`; custom
+    templates take their other fields as keywords: author=..., dynasty=...
+    """
+    template = prompt_template(cfg)
+    values = {PROMPT_SUBJECT[cfg.prompt_style]: subject, **({"form": form} if form else {}), **fields}
+    for name, value in values.items():
+        refuse_control_tokens(tokenizer, "the " + name.replace("_", " "), [value])
+    if missing := sorted(prompt_fields(template) - set(values)):
+        how = {"form": "--form / generation.form"}
+        raise ConfigError(
+            f"data.prompt_style={cfg.prompt_style} prompts need {', '.join(missing)} besides the "
+            f"{PROMPT_SUBJECT[cfg.prompt_style]}: give {', '.join(how.get(m, f'{m}=...') for m in missing)}"
+        )
+    return chat_prompt(tokenizer, cfg.system_prompt, template.format(**values))

@@ -1,0 +1,134 @@
+"""The memory plan of a composed run: its shape for `poetry_sft.model.memory`, the budget check, a command.
+
+    poetry-sft plan method=full hardware=4gb       # print the plan, train nothing
+
+A run whose plan exceeds its hardware profile is refused before anything loads, with the breakdown and
+fixes, unless `hardware.allow_over_budget=true`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from poetry_sft.config.schema import Batching, Precision, RunConfig, resolve_batching
+from poetry_sft.errors import ConfigError, ResourceNotFoundError, command
+from poetry_sft.model.memory import (
+    GIB,
+    Architecture,
+    MemoryPlan,
+    TrainingShape,
+    over_budget_message,
+    plan_memory,
+)
+
+
+def architecture(cfg: RunConfig) -> Architecture | None:
+    """The model's shape without loading weights: the random-init spec, or config.json (local or cached)."""
+    spec = cfg.model.random_init
+    if spec is not None:
+        from poetry_sft.model.random_init import qwen3_config, vocab_size
+
+        return Architecture.from_hf_config(qwen3_config(spec, vocab_size(spec)))
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision)
+    except (OSError, ValueError):  # offline and not cached: loading the model reports that clearly
+        return None
+    return Architecture.from_hf_config(config)
+
+
+def training_shape(cfg: RunConfig) -> TrainingShape:
+    """What the GPU run will hold. On a CPU-only machine the plan assumes a bf16-capable GPU."""
+    from poetry_sft.model.loading import resolve_precision
+
+    precision = resolve_precision(cfg.train.precision)
+    if precision is Precision.fp32 and cfg.train.precision is Precision.auto:
+        precision = Precision.bf16
+    weights = precision
+    if not cfg.method.uses_adapter:
+        weights = Precision.fp32  # bf16/fp16 autocast over fp32 master weights (modeling.load_model)
+    return TrainingShape(
+        method=cfg.method.plan_kind,
+        weight_dtype=weights.value,
+        compute_dtype=precision.value,
+        optimizer=cfg.optimizer,
+        micro_batch_size=cfg.hardware.per_device_train_batch_size,
+        seq_len=cfg.hardware.max_length,
+        gradient_checkpointing=cfg.hardware.gradient_checkpointing,
+        lora_r=cfg.method.r,
+        lora_targets=tuple(cfg.method.target_modules),
+        lora_dropout=cfg.method.lora_dropout,
+        padded=resolve_batching(cfg) is Batching.padded,
+        double_quant=cfg.method.bnb_4bit_use_double_quant,
+        dora=cfg.method.use_dora,
+        # label smoothing makes TRL compute the loss from full logits instead of its chunked LM head
+        chunked_loss=not cfg.trainer.get("label_smoothing_factor"),
+        # modeling.load_model calls peft's prepare_model_for_kbit_training on every 4-bit base
+        kbit_upcast=cfg.method.quantized,
+    )
+
+
+def plan_run(cfg: RunConfig) -> tuple[MemoryPlan, Architecture, TrainingShape] | None:
+    arch = architecture(cfg)
+    if arch is None:
+        return None
+    shape = training_shape(cfg)
+    return plan_memory(arch, shape), arch, shape
+
+
+def check_budget(cfg: RunConfig) -> MemoryPlan | None:
+    """Refuse a run that cannot fit its profile's card (before any weights load)."""
+    planned = plan_run(cfg)
+    if planned is None:
+        return None
+    plan, arch, shape = planned
+    message = over_budget_message(arch, shape, cfg.hardware.vram_gib)
+    if message and not cfg.hardware.allow_over_budget:
+        card = f"{cfg.hardware.vram_gib:g} GiB"
+        raise ConfigError(
+            f"method={cfg.method.name} hardware={cfg.hardware.name} does not fit a {card} card:\n{message}\n"
+            "  To try anyway (e.g. your card is bigger): hardware.allow_over_budget=true"
+        )
+    return plan
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from poetry_sft.config.compose import run_config
+
+    parser = argparse.ArgumentParser(
+        prog="poetry-sft plan",
+        description="The memory plan of a run (what `poetry-sft train` with the same overrides would need "
+        "on the profile's card), and whether it fits. Loads no weights.",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="the train command's Hydra overrides: method=full hardware=4gb recipe=...",
+    )
+    cfg = run_config(parser.parse_args(sys.argv[1:] if argv is None else argv).overrides)
+    planned = plan_run(cfg)
+    if planned is None:
+        raise ResourceNotFoundError(
+            f"cannot read the architecture of '{cfg.model.name_or_path}' offline.\n  Fix: plan with "
+            "model=qwen3_0.6b_random (Qwen3-0.6B's exact shape, no download), or download the model once"
+        )
+    plan, arch, shape = planned
+    budget = cfg.hardware.vram_gib
+    from poetry_sft.model.loading import precision_choice
+
+    print(f"memory plan: model={cfg.model.name} method={cfg.method.name} hardware={cfg.hardware.name}")
+    _, reason = precision_choice(cfg.train.precision)
+    planned_for = (
+        "" if reason.startswith(str(shape.compute_dtype)) else f" (planned for {shape.compute_dtype})"
+    )
+    print(f"precision: {reason}{planned_for}")
+    verdict = over_budget_message(arch, shape, budget)  # the breakdown and the fixes
+    print(
+        verdict
+        or f"{plan.table()}\nfits: {plan.total / GIB:.2f} GiB of a {budget:g} GiB card (5% headroom kept)"
+    )
+    return 0
