@@ -191,6 +191,16 @@ def test_even_lines_rhyme_in_the_group_the_first_even_line_chose(
         finals = [line[-1] for line in poetry.split_lines(poem)[1::2]]
         shared = frozenset.intersection(*map(poetry.rhyme_groups, finals))
         assert shared & poetry.level_rhyme_groups(), poem
+
+
+def test_rhyme_characters_are_not_repeated_where_the_vocabulary_has_others(
+    model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """重韵 (the same rhyme character twice) is a fault: the decoder picks a new one when it can."""
+    poems, _ = generate(model, tokenizer, "七言律诗", seed=4, rhyme_group="尤")  # 尤 has several here
+    for poem in poems:
+        finals = [line[-1] for line in poetry.split_lines(poem)[1::2]]
+        assert len(set(finals)) == len(finals), poem
     assert poetry.rhyme_rate(poems) == 1.0
 
 

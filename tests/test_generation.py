@@ -15,6 +15,7 @@ from poetry_sft.errors import ConfigError, RunDirError
 from poetry_sft.evaluate import generate, report, score
 from poetry_sft.evaluate.generate import THINK_TOKENS, generate_poems, load_run
 from poetry_sft.model.loading import resolve_model_path
+from poetry_sft.poetry.critic import WEIGHT_NAMES
 from poetry_sft.ship import merge
 from poetry_sft.train.callbacks import EVAL_POEMS_FILE
 from poetry_sft.train.sft import build_trainer, train
@@ -75,7 +76,9 @@ def test_generate_command_writes_records_that_score_reads(
     titles_file.write_text("# themes\n静夜思\n\n春晓\n", encoding="utf-8")
     records = run_generate(tmp_path, str(run_dir), "--titles-file", str(titles_file), "--per-title", "2")
     assert [r["title"] for r in records] == ["静夜思", "静夜思", "春晓", "春晓"]
-    assert all(set(r) == {"title", "content", "form", "stopped_at_eos"} for r in records)
+    fields = {"title", "content", "form", "stopped_at_eos", "rhyme_group", "score", "parts", "candidates"}
+    assert all(set(r) == fields and r["candidates"] is None for r in records)  # best-of-1: no candidates
+    assert all(-2 < r["score"] <= 1 and set(r["parts"]) == set(WEIGHT_NAMES) for r in records)
     assert all(isinstance(r["stopped_at_eos"], bool) and r["form"] is None for r in records)
     assert "《静夜思》" in capsys.readouterr().out
     out = sorted(tmp_path.glob("poems*.jsonl"))[0]
@@ -384,7 +387,7 @@ def test_sampling_config_is_validated():
 
 def test_generate_flags_come_from_the_sampling_settings():
     args = generate._parser().parse_args(["x", "--title", "t", "--no-penalize-punctuation", "--top-k", "7"])
-    sampling = generate._sampling(SamplingConfig(), args)
+    sampling = generate._sampling(SamplingConfig(), args, rhyme_hint=False)
     assert sampling.penalize_punctuation is False and sampling.top_k == 7 and sampling.temperature == 0.8
     flagged = {action.dest for action in generate._parser()._actions}
     assert {"rhyme_group", "couplet_newline", "seed"} <= flagged, "settings added since get their flags"

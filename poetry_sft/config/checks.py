@@ -10,6 +10,7 @@ to check a RunConfig read back from disk.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -24,6 +25,8 @@ from poetry_sft.config.schema import (
 from poetry_sft.config.templates import PROMPT_SUBJECT, PROMPT_TEMPLATES, prompt_fields, prompt_template
 from poetry_sft.errors import ConfigError
 from poetry_sft.poetry import CORPUS_FORMS, FORMS, find_rhyme_group
+from poetry_sft.poetry.critic import check_weights
+from poetry_sft.poetry.rhyme_hint import COMMON_POOL, find_level_group
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
@@ -48,7 +51,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     if unknown := [f for f in cfg.data.forms if f not in CORPUS_FORMS]:
         problems.append(f"data.forms: unknown {unknown}; choose from {', '.join(CORPUS_FORMS)}")
     problems += _prompt_problems(cfg)
-    problems += sampling_problems(cfg.generation)
+    problems += sampling_problems(cfg.generation, rhyme_hint=cfg.data.rhyme_hint)
+    problems += [f"critic: {problem}" for problem in check_weights(dataclasses.asdict(cfg.critic))]
+    if not 1 <= cfg.data.rhyme_hint_chars <= COMMON_POOL:
+        problems.append(
+            f"data.rhyme_hint_chars={cfg.data.rhyme_hint_chars} must be in [1, {COMMON_POOL}] (the hint "
+            f"lists characters from a group's {COMMON_POOL} commonest rhymes)"
+        )
     if problems:
         raise ConfigError(
             "invalid configuration:\n  - "
@@ -61,9 +70,19 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]:
-    """What is wrong with sampling settings (shared by the config and the generate command's flags)."""
+def sampling_problems(gen: SamplingConfig, key: str = "generation", rhyme_hint: bool = False) -> list[str]:
+    """What is wrong with sampling settings (shared by the config and the generate command's flags).
+    `rhyme_hint`: the run's prompts name a rhyme group (data.rhyme_hint), so rhyme_group needs no form."""
     problems = []
+    if gen.best_of < 1:
+        problems.append(
+            f"{key}.best_of={gen.best_of} must be at least 1 (1: plain sampling; N: the critic's best of N)"
+        )
+    if gen.best_of > 1 and not gen.do_sample:
+        problems.append(
+            f"{key}.best_of={gen.best_of} needs sampling: greedy decoding ({key}.do_sample=false, --greedy) "
+            "writes the same poem every time. Fix: drop --greedy, or best_of=1"
+        )
     for name in ("max_new_tokens", "batch_size", "num_eval_poems", "eval_max_new_tokens"):
         if getattr(gen, name) <= 0:
             problems.append(f"{key}.{name}={getattr(gen, name)} must be a positive integer")
@@ -82,10 +101,16 @@ def sampling_problems(gen: SamplingConfig, key: str = "generation") -> list[str]
     if gen.rhyme and gen.form is None:
         problems.append(f"{key}.rhyme=true needs {key}.form: rhyme is enforced within a regulated form")
     if gen.rhyme_group is not None:
-        if gen.form is None:
-            problems.append(f"{key}.rhyme_group needs {key}.form: rhyme is enforced within a regulated form")
+        if gen.form is None and not rhyme_hint:
+            problems.append(
+                f"{key}.rhyme_group needs {key}.form (rhyme is enforced within a regulated form) or a run "
+                "with rhyme-aware prompts (data.rhyme_hint=true), whose prompts ask for the group"
+            )
         try:
-            find_rhyme_group(gen.rhyme_group)
+            if rhyme_hint and gen.form is None:
+                find_level_group(gen.rhyme_group)
+            else:
+                find_rhyme_group(gen.rhyme_group)
         except ValueError as err:
             problems.append(f"{key}.rhyme_group: {err}")
     return problems

@@ -171,7 +171,8 @@ class HardwareConfig:
     # On a bigger GPU, cap this process's CUDA allocator at vram_gib so the run behaves like that card
     # (benchmarks, and checking a profile before you buy/borrow the card). No effect on CPU.
     emulate_budget: bool = False
-    # The memory plan (poetry_sft/model/plan.py) refuses a run it predicts will not fit vram_gib; true: try anyway.
+    # The memory plan (poetry_sft/model/plan.py) refuses a run it predicts will not fit vram_gib; true: try
+    # anyway.
     allow_over_budget: bool = False
 
 
@@ -201,6 +202,13 @@ class DataConfig:
     prompt_style: PromptStyle = PromptStyle.title
     system_prompt: str = ""  # "" = no system message
     prompt_template: str | None = None  # user message; None = the style's default (prompts.PROMPT_TEMPLATES)
+    # Rhyme-aware prompts: the user message also names the poem's 韵部 and a few characters of it
+    # (「押七阳韵，韵脚可用：乡、光、长、阳、香」), the poem's own rhyme characters among them, so the model
+    # learns to end its even lines with listed characters. At generation the group is generation.rhyme_group
+    # (or one picked per title) and the characters its commonest rhymes. Poems that do not rhyme keep
+    # the plain prompt. (data/prompts.py; measured in docs/prosody.md)
+    rhyme_hint: bool = False
+    rhyme_hint_chars: int = 5  # characters the hint lists: enough to choose from, few enough to copy
     batching: Batching = Batching.auto
 
 
@@ -247,8 +255,12 @@ class SamplingConfig:
     form: str | None = None
     rhyme: bool = False  # with `form`: constrained decoding also makes the even lines rhyme (平水韵)
     # with `form`: rhyme in this 平水韵 group, full name or unique ending ('七阳', '阳'); null: the first
-    # even line picks a level-tone group. An oblique group gives a 仄韵 poem.
+    # even line picks a level-tone group. An oblique group gives a 仄韵 poem. In a data.rhyme_hint run it is
+    # also the group the prompt asks for (a level-tone one; null: one picked per title).
     rhyme_group: str | None = None
+    # Best-of-N: sample this many poems per title in one batch and keep the one the prosody critic
+    # (critic.*) scores highest; every candidate's score is recorded. 1: plain sampling.
+    best_of: int = 1
     couplet_newline: bool = True  # constrained poems put a couplet (联) per line, as the corpus does
     # Eval callback: at every evaluation, write num_eval_poems poems (cycling through these titles),
     # score them, and log eval_poetry/* beside eval_loss (and into <run_dir>/eval_poems.jsonl). Empty: off.
@@ -258,6 +270,23 @@ class SamplingConfig:
     report: bool = False  # after training, write eval_report.json/.md: fine-tuned vs base on eval_titles
     # with report: print untrained vs trained vs 五言绝句-constrained poems, scores, loss curve PNG
     showcase: bool = False
+
+
+@dataclass
+class CriticConfig:
+    """Weights of the prosody critic (poetry_sft/poetry/critic.py, which says what each part measures):
+    it picks best-of-N poems, rewards the GRPO stage, filters the rejection-sampling stage, and is shown by
+    score, the report and the studio. Parts count for a poem, penalties against it; the score is divided by
+    the parts' weights, so a perfect poem scores 1 and a looping, cut-off one goes below 0."""
+
+    form: float = 1.0  # the shape first: a poem must be a 绝句/律诗 before its rhyme and tones mean anything
+    rhyme: float = 1.0  # the music: the even lines rhyme in one 平水韵 level-tone group
+    level_end: float = 0.5  # the step before a rhyme: the right tone at the rhyme slots (dense signal)
+    tones: float = 0.5  # 平仄 at the fixed positions: real poets bend it (拗救), so it weighs less than rhyme
+    repetition: float = 1.0  # loops (不不不不): a small model's commonest failure, a reward's easiest trick
+    non_chinese: float = 1.0  # Latin letters, digits, stray tokens: never in a classical poem
+    no_eos: float = 1.0  # cut off by the token budget: not a finished poem, however it scans
+    title_copy: float = 0.5  # writing the title into a line: a cheap way to look on-topic
 
 
 @dataclass
@@ -272,6 +301,7 @@ class RunConfig:
     # After training, reload the saved result from disk and write one poem per title (samples.json).
     sample_titles: list[str] = field(default_factory=list)
     generation: SamplingConfig = field(default_factory=SamplingConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)  # the prosody critic's weights
     # Any other TRL SFTConfig / transformers TrainingArguments option by its own name, passed through:
     # trainer.neftune_noise_alpha=5, trainer.use_liger_kernel=true. Keys are checked against SFTConfig's
     # fields before anything loads (training.trainer_problems); the ones our groups set are refused there.

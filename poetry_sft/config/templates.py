@@ -39,3 +39,8 @@ def prompt_fields(template: str) -> set[str]:
             f"unknown field(s) {sorted(unknown)}; use {', '.join('{' + f + '}' for f in PROMPT_FIELDS)}"
         )
     return fields
+
+
+# Rhyme-aware prompts (data.rhyme_hint): appended to the user message of poems that rhyme, and at
+# generation. {group} is the group's short name (七阳), {chars} a few of its characters joined by 、.
+RHYME_HINT = "押{group}韵，韵脚可用：{chars}。"

@@ -47,11 +47,13 @@ from poetry_sft.data.prompts import (
     poem_keywords,
     prompt_fields,
     prompt_template,
+    rhyme_hint_count,
     user_and_completion,
 )
 from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError, is_disk_full
 from poetry_sft.paths import IMAGERY_WORDS, SAMPLE_POEMS, cache_dir
 from poetry_sft.poetry import HAN_CLASS, corpus_form, split_first_line
+from poetry_sft.poetry.rhyme_hint import RHYME_CHARS_TABLE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -261,12 +263,14 @@ def _chat_skeleton(tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> tu
     return head, tail
 
 
-def _examples(table: pa.Table, template: str, style: PromptStyle) -> tuple[list[str], list[str]]:
+def _examples(
+    table: pa.Table, template: str, style: PromptStyle, hint_count: int = 0
+) -> tuple[list[str], list[str]]:
     """(user message, completion) per row."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     names = list(columns)
     pairs = [
-        user_and_completion(template, style, dict(zip(names, values, strict=True)))
+        user_and_completion(template, style, dict(zip(names, values, strict=True)), hint_count=hint_count)
         for values in zip(*columns.values(), strict=True)
     ]
     return [user for user, _ in pairs], [completion for _, completion in pairs]
@@ -328,6 +332,7 @@ def _tokenize(
     template: str,
     style: PromptStyle,
     fingerprint: str,
+    hint_count: int = 0,
 ) -> Dataset:
     """input_ids, labels (-100 on the prompt) and length per poem, built as whole Arrow columns."""
     import numpy as np
@@ -335,7 +340,7 @@ def _tokenize(
     from datasets import Dataset
 
     head, tail = _chat_skeleton(tokenizer, system_prompt)
-    users, completions = _examples(poems, template, style)
+    users, completions = _examples(poems, template, style, hint_count)
     flat, offsets, prompt = _encode_examples(tokenizer, head, tail, users, completions)
     # Prompt positions: +1 where an example starts, -1 where its poem starts; the running sum is 1 inside
     # prompts. One pass over the tokens instead of a position per token.
@@ -354,7 +359,9 @@ def _tokenize(
             "length": pa.array(np.diff(offsets).astype(np.int32)),
         }
     )
-    digest = hashlib.sha256(f"{fingerprint}{head}{tail}{template}{style}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{fingerprint}{head}{tail}{template}{style}{hint_count}".encode()).hexdigest()[
+        :16
+    ]
     return Dataset(table, fingerprint=digest)
 
 
@@ -412,6 +419,8 @@ def _cache_key(cfg: DataConfig, source: str, tokenizer: PreTrainedTokenizerBase,
     settings = {k: v for k, v in asdict(cfg).items() if k != "name"}
     keyed = "keywords" in prompt_fields(prompt_template(cfg))  # the word list picks the keywords
     imagery = hashlib.sha256(IMAGERY_WORDS.read_bytes()).hexdigest() if keyed else ""
+    if cfg.rhyme_hint:  # the rhyme table fills the hints' other characters
+        imagery += hashlib.sha256(RHYME_CHARS_TABLE.read_bytes()).hexdigest()
     payload = json.dumps(
         [_PIPELINE_VERSION, source, settings, tokenizer_fingerprint(tokenizer), max_length, imagery],
         sort_keys=True,
@@ -530,7 +539,13 @@ def _prepare(
     clean_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     tokenized = _tokenize(
-        poems, tokenizer, cfg.system_prompt, template, cfg.prompt_style, _fingerprint(dataset, "order", order)
+        poems,
+        tokenizer,
+        cfg.system_prompt,
+        template,
+        cfg.prompt_style,
+        _fingerprint(dataset, "order", order),
+        rhyme_hint_count(cfg),
     )
     _verify(tokenizer, cfg, poems.slice(0, 8).to_pylist(), tokenized)
     tokenize_seconds = time.perf_counter() - clock

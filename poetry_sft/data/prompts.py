@@ -14,10 +14,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from poetry_sft.config.schema import DataConfig, PromptStyle
-from poetry_sft.config.templates import PROMPT_SUBJECT, prompt_fields, prompt_template
+from poetry_sft.config.templates import PROMPT_SUBJECT, RHYME_HINT, prompt_fields, prompt_template
 from poetry_sft.errors import ConfigError
 from poetry_sft.paths import IMAGERY_WORDS
 from poetry_sft.poetry import corpus_form, split_first_line
+from poetry_sft.poetry.rhyme_hint import (
+    default_group,
+    find_level_group,
+    group_label,
+    hint_chars,
+    poem_rhyme_chars,
+    poem_rhyme_group,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -64,10 +72,40 @@ def keywords_text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def rhyme_hint(group: str, chars: list[str]) -> str:
+    """「押七阳韵，韵脚可用：乡、光、长、阳、香。」: the group's short name and the characters to end on."""
+    return RHYME_HINT.format(group=group_label(group), chars=KEYWORD_SEPARATOR.join(chars))
+
+
+def poem_rhyme_hint(content: str, count: int) -> str:
+    """The hint a training poem gets: its own 韵部 and rhyme characters among others of the group
+    (poetry/rhyme_hint.py says why); "" for a poem whose even lines share no level-tone group."""
+    group = poem_rhyme_group(content)
+    if group is None:
+        return ""
+    return rhyme_hint(group, hint_chars(group, count, own=poem_rhyme_chars(content, group), seed=content))
+
+
+def asked_rhyme_group(cfg: DataConfig, subject: str, rhyme_group: str | None = None) -> str | None:
+    """The level-tone group a generation prompt asks for: `rhyme_group` (七阳, 阳 or a full name), else
+    one picked by the subject; None when the run does not use rhyme-aware prompts (data.rhyme_hint)."""
+    if not cfg.rhyme_hint:
+        return None
+    if rhyme_group is None:
+        return default_group(subject)
+    try:
+        return find_level_group(rhyme_group)
+    except ValueError as err:
+        raise ConfigError(f"--rhyme-group / generation.rhyme_group: {err}") from None
+
+
 def user_and_completion(
-    template: str, style: PromptStyle, row: dict[str, Any], max_keywords: int = 3
+    template: str, style: PromptStyle, row: dict[str, Any], max_keywords: int = 3, hint_count: int = 0
 ) -> tuple[str, str]:
+    """The user message and the poem of a training row. `hint_count` > 0: rhyme-aware prompts naming that
+    many characters (data.rhyme_hint_chars)."""
     content = row["content"]
+    hint = poem_rhyme_hint(content, hint_count) if hint_count else ""
     fields = {
         "title": row.get("title", ""),
         "author": row.get("author", ""),
@@ -82,7 +120,7 @@ def user_and_completion(
         if parts is None:
             raise ValueError(f"a one-line poem cannot be continued: {content!r}")
         fields["first_line"], content = parts
-    return template.format(**fields), content
+    return template.format(**fields) + hint, content
 
 
 def _messages(system_prompt: str, user: str) -> list[dict[str, str]]:
@@ -90,12 +128,19 @@ def _messages(system_prompt: str, user: str) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": user}]
 
 
+def rhyme_hint_count(cfg: DataConfig) -> int:
+    """Characters a rhyme hint lists; 0 when the run's prompts carry none."""
+    return cfg.rhyme_hint_chars if cfg.rhyme_hint else 0
+
+
 def make_formatting_func(cfg: DataConfig) -> Callable[[dict], dict]:
     """A poem row -> TRL's conversational prompt-completion example: the question and the poem."""
     template = prompt_template(cfg)
 
     def formatting_func(row: dict) -> dict:
-        user, completion = user_and_completion(template, cfg.prompt_style, row, cfg.max_keywords)
+        user, completion = user_and_completion(
+            template, cfg.prompt_style, row, cfg.max_keywords, rhyme_hint_count(cfg)
+        )
         return {
             "prompt": _messages(cfg.system_prompt, user),
             "completion": [{"role": "assistant", "content": completion}],
@@ -154,13 +199,21 @@ def refuse_control_tokens(tokenizer: PreTrainedTokenizerBase | None, what: str, 
 
 
 def generation_prompt(
-    tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, subject: str, form: str | None = None, **fields: str
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: DataConfig,
+    subject: str,
+    form: str | None = None,
+    *,
+    rhyme_group: str | None = None,
+    **fields: str,
 ) -> str:
     """The text a model sees before writing a poem: exactly the training prompt.
 
     `subject` is what the style asks for (PROMPT_SUBJECT): the title (title, form_theme), the first line
     (first_line) or the keywords (keywords, e.g. "明月、孤舟"). form_theme also needs `form`; custom
-    templates take their other fields as keywords: author=..., dynasty=...
+    templates take their other fields as keywords: author=..., dynasty=... A data.rhyme_hint run's prompt
+    also names a 韵部 (`rhyme_group`, else one picked by the subject: asked_rhyme_group) and a few of its
+    commonest rhyme characters.
     """
     template = prompt_template(cfg)
     values = {PROMPT_SUBJECT[cfg.prompt_style]: subject, **({"form": form} if form else {}), **fields}
@@ -172,4 +225,7 @@ def generation_prompt(
             f"data.prompt_style={cfg.prompt_style} prompts need {', '.join(missing)} besides the "
             f"{PROMPT_SUBJECT[cfg.prompt_style]}: give {', '.join(how.get(m, f'{m}=...') for m in missing)}"
         )
-    return chat_prompt(tokenizer, cfg.system_prompt, template.format(**values))
+    user = template.format(**values)
+    if group := asked_rhyme_group(cfg, subject, rhyme_group):
+        user += rhyme_hint(group, hint_chars(group, cfg.rhyme_hint_chars, seed=subject))
+    return chat_prompt(tokenizer, cfg.system_prompt, user)

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from poetry_sft.config.checks import sampling_problems
-from poetry_sft.config.schema import DataConfig, PromptStyle, RunConfig, SamplingConfig
+from poetry_sft.config.schema import CriticConfig, DataConfig, PromptStyle, RunConfig, SamplingConfig
 from poetry_sft.data import datafiles
-from poetry_sft.data.prompts import generation_prompt, refuse_control_tokens
+from poetry_sft.data.prompts import asked_rhyme_group, generation_prompt, refuse_control_tokens
 from poetry_sft.errors import ConfigError, RunDirError, command
 from poetry_sft.model.loading import load_tokenizer, resolve_model_path, resolve_precision
 from poetry_sft.poetry import FORMS, THINK_CLOSE, THINK_OPEN
+from poetry_sft.poetry.critic import critique
 from poetry_sft.run import artifacts
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ class Poem:
     content: str
     form: str | None  # the form that was asked for (None: any)
     stopped_at_eos: bool  # False: cut off by max_new_tokens
+    rhyme_group: str | None = None  # the 韵部 a rhyme-aware prompt asked for (data.rhyme_hint), full name
+    score: float | None = None  # the prosody critic's score (poetry/critic.py) and its parts
+    parts: dict[str, float] | None = None
+    # best-of-N: every poem sampled for this title ({content, stopped_at_eos, score, parts}), best first
+    candidates: list[dict[str, Any]] | None = None
 
 
 def _device():
@@ -194,18 +200,25 @@ def generate_poems(
     *,
     constrain: bool = True,
     max_new_tokens: int | None = None,
+    critic: CriticConfig | None = None,
+    best_of: int | None = None,
 ) -> list[Poem]:
     """One poem per title, in left-padded batches of `sampling.batch_size`.
 
     With `sampling.form` and `constrain`, decoding is constrained to that form (and rhyme); the eval
     callback and the report pass `constrain=False` to measure what the model writes on its own.
-    Generation stops at the end token; each poem records whether it got there.
+    Generation stops at the end token; each poem records whether it got there, and the prosody critic's
+    score (`critic`: the run's critic.* weights). Best-of-N (`best_of`, default sampling.best_of): N poems
+    per title come out of the same generate() call (num_return_sequences), and the critic keeps the best.
     """
     import torch
 
     sampling = sampling or SamplingConfig()
+    n = sampling.best_of if best_of is None else best_of
     budget = max_new_tokens or sampling.max_new_tokens
     gen_config = generation_config(sampling, model, tokenizer, budget)
+    gen_config.num_return_sequences = n
+    weights = dataclasses.asdict(critic or CriticConfig())
     if sampling.form and constrain and data_cfg.prompt_style is PromptStyle.first_line:
         raise ConfigError(
             f"--form / generation.form={sampling.form} constrains a whole poem, but this run continues a "
@@ -224,28 +237,60 @@ def generate_poems(
             poems: list[Poem] = []
             for start in range(0, len(titles), sampling.batch_size):
                 batch = titles[start : start + sampling.batch_size]
-                poems += _generate_batch(
-                    model, tokenizer, batch, data_cfg, gen_config, processor, sampling.form, penalty
+                requests = [
+                    (title, asked_rhyme_group(data_cfg, title, sampling.rhyme_group)) for title in batch
+                ]
+                candidates = _generate_batch(
+                    model, tokenizer, requests, data_cfg, gen_config, processor, sampling.form, penalty
                 )
+                poems += [_best(group, weights) for group in _per_title(candidates, n)]
     finally:
         model.train(was_training)
     return poems
 
 
+def _per_title(poems: list[Poem], n: int) -> list[list[Poem]]:
+    return [poems[start : start + n] for start in range(0, len(poems), n)]
+
+
+def _best(candidates: list[Poem], weights: dict[str, float]) -> Poem:
+    """The candidate the critic scores highest (the first on ties), with every candidate recorded."""
+    for poem in candidates:
+        verdict = critique(
+            poem.content,
+            weights,
+            form=poem.form,
+            rhyme_group=poem.rhyme_group,
+            title=poem.title,
+            stopped_at_eos=poem.stopped_at_eos,
+        )
+        poem.score, poem.parts = round(verdict.score, 4), {k: round(v, 4) for k, v in verdict.parts.items()}
+    ranked = sorted(candidates, key=lambda poem: -(poem.score or 0.0))
+    best = ranked[0]
+    if len(candidates) > 1:
+        fields = ("content", "stopped_at_eos", "score", "parts")
+        best.candidates = [{name: getattr(poem, name) for name in fields} for poem in ranked]
+    return best
+
+
 def _generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    titles: list[str],
+    requests: list[tuple[str, str | None]],
     data_cfg: DataConfig,
     gen_config: GenerationConfig,
     processor: FormConstrainedLogitsProcessor | None,
     form: str | None,
     penalty: LogitsProcessor | None = None,
 ) -> list[Poem]:
-    """`form` is recorded as asked for, constrained or not: score measures format accuracy against it."""
+    """Poems for (title, rhyme group asked for) requests: gen_config.num_return_sequences of each, in
+    order. `form` is recorded as asked for, constrained or not: score measures format accuracy against it."""
     from transformers import LogitsProcessorList
 
-    prompts = [generation_prompt(tokenizer, data_cfg, title, form=form) for title in titles]
+    prompts = [
+        generation_prompt(tokenizer, data_cfg, title, form=form, rhyme_group=group)
+        for title, group in requests
+    ]
     inputs = tokenizer(
         prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
     ).to(model.device)
@@ -260,13 +305,17 @@ def _generate_batch(
     )
     stops = set(gen_config.eos_token_id)
     poems = []
-    for title, row in zip(titles, output[:, width:].tolist(), strict=True):
+    n = gen_config.num_return_sequences or 1
+    expanded = [
+        request for request in requests for _ in range(n)
+    ]  # generate() keeps each prompt's N together
+    for (title, group), row in zip(expanded, output[:, width:].tolist(), strict=True):
         end = next((i for i, token in enumerate(row) if token in stops), None)
         # Special tokens stay in the text: a stray <|im_start|> should count against the poem.
         content = str(tokenizer.decode(row[:end], skip_special_tokens=False)).strip()
         if data_cfg.prompt_style is PromptStyle.first_line:  # the model wrote the rest: the poem is both
             content = title + ("\n" if title.endswith(("。", "？", "！", "；")) else "") + content
-        poems.append(Poem(title, content, form, stopped_at_eos=end is not None))
+        poems.append(Poem(title, content, form, stopped_at_eos=end is not None, rhyme_group=group))
     return poems
 
 
@@ -350,7 +399,7 @@ _SAMPLING_FLAGS: dict[str, type] = {
 }
 
 
-def _sampling(base: SamplingConfig, args: argparse.Namespace) -> SamplingConfig:
+def _sampling(base: SamplingConfig, args: argparse.Namespace, rhyme_hint: bool) -> SamplingConfig:
     flags = {name: getattr(args, name) for name in _SAMPLING_FLAGS}
     changes: dict[str, Any] = {name: value for name, value in flags.items() if value is not None}
     if args.greedy:
@@ -360,30 +409,32 @@ def _sampling(base: SamplingConfig, args: argparse.Namespace) -> SamplingConfig:
     if args.rhyme:
         changes["rhyme"] = True
     sampling = dataclasses.replace(base, **changes)
-    problems = sampling_problems(sampling, key="sampling")
+    problems = sampling_problems(sampling, key="sampling", rhyme_hint=rhyme_hint)
     if problems:
         raise ConfigError("invalid sampling settings:\n  - " + "\n  - ".join(problems))
     return sampling
 
 
-def _load(
-    args: argparse.Namespace,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, DataConfig, SamplingConfig]:
+def _settings(args: argparse.Namespace) -> tuple[DataConfig, SamplingConfig, CriticConfig]:
+    """The prompts, sampling and critic a generation uses, read before any model loads: the run's, a
+    merged run's copy, or (a bare --model) the schema's defaults."""
     if args.run_dir is None:
         if not args.model:
             raise ConfigError("give a run directory (runs/...) or --model NAME_OR_PATH")
         saved = Path(args.model) / artifacts.RUN_CONFIG_IN_MODEL  # a merged run: prompt as it trained
-        if saved.is_file():
-            cfg = artifacts.read_run_config(saved)
-            data_cfg, sampling = cfg.data, cfg.generation
-        else:  # no run: the schema's default prompt, what runs train on unless data.prompt_template is set
-            data_cfg, sampling = DataConfig(path="none"), SamplingConfig()
-        return load_model_dir(args.model), load_tokenizer(args.model), data_cfg, sampling
-    if args.model:
+        if not saved.is_file():  # the schema's default prompt, what runs train on unless told otherwise
+            return DataConfig(path="none"), SamplingConfig(), CriticConfig()
+        cfg = artifacts.read_run_config(saved)
+    else:
         cfg = artifacts.load_run_config(args.run_dir)
-        return load_model_dir(args.model), load_tokenizer(args.model), cfg.data, cfg.generation
-    model, tokenizer, cfg = load_run(args.run_dir, base=args.base, dequantized_base=args.dequantized_base)
-    return model, tokenizer, cfg.data, cfg.generation
+    return cfg.data, cfg.generation, cfg.critic
+
+
+def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if args.model:
+        return load_model_dir(args.model), load_tokenizer(args.model)
+    model, tokenizer, _ = load_run(args.run_dir, base=args.base, dequantized_base=args.dequantized_base)
+    return model, tokenizer
 
 
 @command
@@ -397,12 +448,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and args.out.exists():
         raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
     refuse_control_tokens(None, "the title", titles)  # before the model loads; generation_prompt checks again
-    model, tokenizer, data_cfg, sampling = _load(args)
-    sampling = _sampling(sampling, args)
+    data_cfg, sampling, critic = _settings(args)
+    sampling = _sampling(sampling, args, data_cfg.rhyme_hint)  # bad flags are refused before the model loads
+    model, tokenizer = _load(args)
     repeated = [title for title in titles for _ in range(args.per_title)]
-    poems = generate_poems(model, tokenizer, repeated, data_cfg, sampling)
+    poems = generate_poems(model, tokenizer, repeated, data_cfg, sampling, critic=critic)
     for poem in poems:
-        print(f"《{poem.title}》\n{poem.content}\n")
+        picked = f"best of {sampling.best_of}, " if sampling.best_of > 1 else ""
+        print(f"《{poem.title}》 ({picked}critic {poem.score:.2f})\n{poem.content}\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps(dataclasses.asdict(poem), ensure_ascii=False) for poem in poems]

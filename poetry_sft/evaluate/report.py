@@ -1,6 +1,6 @@
 """Before and after: the fine-tuned model and its base write on the same titles, and both are scored.
 
-    poetry-sft report runs/<run> [--title T ... | --titles-file F] [--per-title N]
+    poetry-sft report runs/<run> [--title T ... | --titles-file F] [--per-title N] [--best-of N]
 
 Writes `<run>/eval_report.json` (settings, both models' `score_poems` metrics, every poem) and
 `<run>/eval_report.md` (a metric table and a few poems side by side). Titles: the flags, else the
@@ -31,9 +31,11 @@ DEFAULT_TITLES = ("春夜喜雨", "登高", "静夜思", "山居秋暝", "送友
 SAMPLE_POEMS = 4  # titles shown side by side in the Markdown report
 # Rows of the Markdown table (the JSON has every metric).
 TABLE_METRICS = (
+    "critic_score",
     "format_accuracy",
     "regulated_form_rate",
     "rhyme_rate",
+    "asked_rhyme_rate",
     "tone_compliance",
     "tone_pass_rate",
     "distinct_2",
@@ -44,14 +46,27 @@ TABLE_METRICS = (
 )
 
 
-def evaluate_run(run_dir: Path, titles: list[str] | None = None, per_title: int = 1) -> dict[str, Any]:
-    """Both models' poems and scores on the same prompts, as the JSON report."""
+def evaluate_run(
+    run_dir: Path, titles: list[str] | None = None, per_title: int = 1, best_of: int | None = None
+) -> dict[str, Any]:
+    """Both models' poems and scores on the same prompts, as the JSON report. `best_of` (default: the
+    run's generation.best_of) > 1: each model's poem is the prosody critic's best of that many."""
     model, tokenizer, cfg = load_run(run_dir)
     titles = list(titles or cfg.generation.eval_titles or DEFAULT_TITLES)
     prompts = [title for title in titles for _ in range(per_title)]
+    n = cfg.generation.best_of if best_of is None else best_of
 
     def write(with_model: Any) -> list[Poem]:
-        return generate_poems(with_model, tokenizer, prompts, cfg.data, cfg.generation, constrain=False)
+        return generate_poems(
+            with_model,
+            tokenizer,
+            prompts,
+            cfg.data,
+            cfg.generation,
+            constrain=False,
+            critic=cfg.critic,
+            best_of=n,
+        )
 
     from peft import PeftModel
 
@@ -64,8 +79,14 @@ def evaluate_run(run_dir: Path, titles: list[str] | None = None, per_title: int 
         base = write(load_model_dir(resolve_model_path(cfg.model)))
 
     def scores(poems: list[Poem]) -> dict[str, Any]:
-        contents = [poem.content for poem in poems]
-        return score_poems(contents, cfg.generation.form, stopped_at_eos=[p.stopped_at_eos for p in poems])
+        return score_poems(
+            [poem.content for poem in poems],
+            cfg.generation.form,
+            stopped_at_eos=[p.stopped_at_eos for p in poems],
+            critic_weights=dataclasses.asdict(cfg.critic),
+            titles=[poem.title for poem in poems],
+            rhyme_groups=[poem.rhyme_group for poem in poems],
+        )
 
     return {
         "run_dir": str(run_dir),
@@ -73,6 +94,7 @@ def evaluate_run(run_dir: Path, titles: list[str] | None = None, per_title: int 
         "base_model": cfg.model.name_or_path,
         "titles": titles,
         "per_title": per_title,
+        "best_of": n,
         "sampling": dataclasses.asdict(cfg.generation),
         "scores": {"base": scores(base), "finetuned": scores(finetuned)},
         "poems": [
@@ -108,8 +130,13 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Base `{report['base_model']}` vs the {report['method']} fine-tuned model: {base['n_poems']} poems "
         f"each on the same {len(report['titles'])} titles, {decoding}, repetition penalty "
-        f"{sampling['repetition_penalty']}, at most {sampling['max_new_tokens']} new tokens, unconstrained. "
-        f"Requested form: {sampling['form'] or 'none (format_accuracy not measured)'}. "
+        f"{sampling['repetition_penalty']}, at most {sampling['max_new_tokens']} new tokens, unconstrained"
+        + (
+            f", each poem the prosody critic's best of {report['best_of']}. "
+            if report.get("best_of", 1) > 1
+            else ". "
+        )
+        + f"Requested form: {sampling['form'] or 'none (format_accuracy not measured)'}. "
         "Metrics: `poetry_sft.poetry.score_poems`; every poem is in eval_report.json.",
         "",
         "| metric | base | fine-tuned |",
@@ -128,7 +155,11 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(
-    run_dir: Path, titles: list[str] | None = None, per_title: int = 1, out_dir: Path | None = None
+    run_dir: Path,
+    titles: list[str] | None = None,
+    per_title: int = 1,
+    out_dir: Path | None = None,
+    best_of: int | None = None,
 ) -> tuple[Path, Path]:
     """Evaluate and write the two report files (refusing to replace existing ones)."""
     out_dir = out_dir or run_dir
@@ -139,7 +170,7 @@ def write_report(
             f"{', '.join(existing)} already exist and are never overwritten. "
             "Fix: move them away, or write elsewhere with --out-dir DIR"
         )
-    report = evaluate_run(run_dir, titles, per_title)
+    report = evaluate_run(run_dir, titles, per_title, best_of)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(paths[0], report)
     paths[1].write_text(to_markdown(report), encoding="utf-8")
@@ -154,10 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--titles-file", type=Path, help="titles, one per line (or .jsonl with 'title')")
     parser.add_argument("--per-title", type=int, default=1, help="poems per title and model (default 1)")
     parser.add_argument("--out-dir", type=Path, help="where the report files go (default: the run directory)")
+    parser.add_argument(
+        "--best-of",
+        type=int,
+        help="each model's poem is the prosody critic's best of N samples (default: generation.best_of)",
+    )
     args = parser.parse_args(argv)
     titles = args.title + (read_titles(args.titles_file) if args.titles_file else [])
-    if args.per_title < 1:
-        raise ConfigError(f"--per-title {args.per_title} must be at least 1")
-    json_path, md_path = write_report(args.run_dir, titles or None, args.per_title, args.out_dir)
+    for flag, value in (("--per-title", args.per_title), ("--best-of", args.best_of)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value} must be at least 1")
+    json_path, md_path = write_report(
+        args.run_dir, titles or None, args.per_title, args.out_dir, args.best_of
+    )
     print(f"wrote {json_path} and {md_path}")
     return 0

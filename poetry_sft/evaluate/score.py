@@ -3,22 +3,27 @@
     poetry-sft score poems.jsonl [--form 七言绝句] [--reference train.parquet]
 
 Input is JSON Lines, one object per poem with a `content` field and optionally `form` (the form
-that was asked for), `title` and `stopped_at_eos` (whether generation ended on the end token), or
-plain text with poems separated by blank lines. Prints the metrics of `poetry_sft.poetry.score_poems`
-as JSON.
+that was asked for), `title`, `stopped_at_eos` (whether generation ended on the end token) and
+`rhyme_group` (the 韵部 a rhyme-aware prompt asked for), as `poetry-sft generate --out` writes them; or
+plain text with poems separated by blank lines. Prints the metrics of `poetry_sft.poetry.score_poems` as
+JSON, with the prosody critic's mean score and parts (critic_score, critic/*) at the default weights
+(CriticConfig in poetry_sft/config/schema.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from poetry_sft import poetry
+from poetry_sft.config.schema import CriticConfig
 from poetry_sft.data import datafiles
 from poetry_sft.errors import PoetrySFTError, command
 from poetry_sft.poetry.copying import CopyIndex
+from poetry_sft.poetry.rhyme_hint import find_level_group
 
 
 class InputError(PoetrySFTError):
@@ -93,7 +98,22 @@ def score_file(path: Path, form: str | None = None, reference: Path | None = Non
         _requested_forms(records, form),
         stopped_at_eos=_stopped_at_eos(records),
         reference=index,
+        critic_weights=dataclasses.asdict(CriticConfig()),  # the defaults: poetry_sft/config/schema.py
+        titles=[record.get("title") for record in records],
+        rhyme_groups=_rhyme_groups(records),
     )
+
+
+def _rhyme_groups(records: list[dict[str, Any]]) -> list[str | None]:
+    """The group each record's rhyme-aware prompt asked for (generate writes it), checked."""
+    groups = [record.get("rhyme_group") or None for record in records]
+    for number, group in enumerate(groups, 1):
+        if group is not None:
+            try:
+                groups[number - 1] = find_level_group(group)
+            except ValueError as err:
+                raise InputError(f"poem {number}: rhyme_group {err}") from None
+    return groups
 
 
 def _parser() -> argparse.ArgumentParser:

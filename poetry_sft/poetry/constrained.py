@@ -46,7 +46,8 @@ class FormConstrainedLogitsProcessor(LogitsProcessor):
     exist as such fragments are not written.
 
     With `rhyme` (or a `rhyme_group`) the last characters of the even lines are restricted to one
-    level-tone (平声) group of the 平水韵, as regulated verse requires: the first even line picks it
+    level-tone (平声) group of the 平水韵, as regulated verse requires, each a different character (no
+    重韵): the first even line picks it
     (a polyphone keeps all its groups open until a later line narrows them), or `rhyme_group` fixes
     it (full name such as 下平聲七陽, or a unique ending such as 七阳 / 阳; an oblique group gives a
     仄韵 poem). If the vocabulary has no token that rhymes at a slot, that slot is left unrestricted
@@ -91,6 +92,7 @@ class FormConstrainedLogitsProcessor(LogitsProcessor):
         self._masks = self._layout_masks(fitting, len(self._texts))
         if self.rhyme_groups is not None:
             self._chars, self._char_at = self._characters_by_offset(fitting)
+            self._index = {char: index + 1 for index, char in enumerate(self._chars)}  # as in _char_at
             self._rhyming_cache: dict[frozenset[str], torch.Tensor] = {}
 
     # -- precomputation -----------------------------------------------------------------------
@@ -168,12 +170,20 @@ class FormConstrainedLogitsProcessor(LogitsProcessor):
         if self.rhyme_groups is None:
             return allowed
         rhyming = self._rhyming_chars(self._open_groups(rhyme_chars))
-        restricted = allowed
-        for slot in self.rhyme_slots:
-            offset = slot - position
-            if 0 <= offset < len(self._char_at):
-                restricted = restricted & rhyming[self._char_at[offset]]
-        return restricted if restricted.any() else allowed
+        fresh = rhyming
+        if used := [self._index[char] for char in rhyme_chars if char in self._index]:
+            fresh = rhyming.clone()
+            fresh[used] = False  # a rhyme character used once is not used again (重韵)
+        # A new rhyme character where the vocabulary has one; else a repeated one; else no restriction.
+        for chars in (fresh, rhyming):
+            restricted = allowed
+            for slot in self.rhyme_slots:
+                offset = slot - position
+                if 0 <= offset < len(self._char_at):
+                    restricted = restricted & chars[self._char_at[offset]]
+            if restricted.any():
+                return restricted
+        return allowed
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         width = min(scores.shape[-1], self._masks.shape[-1])

@@ -8,9 +8,10 @@ Shapes come from `forms`, rhyme and tone from `prosody`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from poetry_sft.poetry.critic import critique, mean_critique, rhyme_part
 from poetry_sft.poetry.forms import OTHER_FORM, check_form_name, classify_form, format_accuracy
 from poetry_sft.poetry.prosody import check_tones, rhyme_rate
 from poetry_sft.poetry.text import (
@@ -89,14 +90,20 @@ def score_poems(
     *,
     stopped_at_eos: Sequence[bool] | None = None,
     reference: CopyIndex | None = None,
+    critic_weights: Mapping[str, float] | None = None,
+    titles: Sequence[str | None] | None = None,
+    rhyme_groups: Sequence[str | None] | None = None,
 ) -> dict[str, float | int | None]:
     """All metrics for a set of generations, as a flat JSON-serialisable dict.
 
     `poems` are raw generations: <think> blocks count towards `think_leak_rate` and are removed
     before anything else is scored. `requested_forms` is one form for all, or one per poem (None
-    where nothing was asked). A metric that cannot be measured (no form requested, no regulated
-    poem, no end-token flags, no reference) is None rather than missing, so reports keep their
-    columns.
+    where nothing was asked). With `critic_weights` the prosody critic's mean score and parts
+    (critic_score, critic/<part>; `titles` for its title-copy penalty); with `rhyme_groups` (the group
+    each rhyme-aware prompt asked for) `asked_rhyme_rate`, the share of those poems whose even lines
+    all rhyme in the asked group. A metric that cannot be measured (no form requested, no regulated
+    poem, no end-token flags, no reference, no critic) is None rather than missing, so reports keep
+    their columns.
     """
     if isinstance(requested_forms, str) or requested_forms is None:
         requested_forms = [requested_forms] * len(poems)
@@ -105,17 +112,36 @@ def score_poems(
     if stopped_at_eos is not None and len(stopped_at_eos) != len(poems):
         raise ValueError(f"{len(poems)} poems but {len(stopped_at_eos)} end-token flags")
 
+    for name, given in (("titles", titles), ("rhyme groups", rhyme_groups)):
+        if given is not None and len(given) != len(poems):
+            raise ValueError(f"{len(poems)} poems but {len(given)} {name}")
     answers = [strip_thinking(poem) for poem in poems]
+    asked = [(answer, group) for answer, group in zip(answers, rhyme_groups or [], strict=False) if group]
     forms = [classify_form(answer) for answer in answers]
     tones = [report for report in map(check_tones, answers) if report is not None]
-    asked = [
+    shaped = [
         (answer, check_form_name(want)) for answer, want in zip(answers, requested_forms, strict=True) if want
     ]
+    critiques = (
+        [
+            critique(poem, critic_weights, form=form, title=title, stopped_at_eos=stop)
+            for poem, form, title, stop in zip(
+                poems,
+                requested_forms,
+                titles or [None] * len(poems),
+                stopped_at_eos if stopped_at_eos is not None else [None] * len(poems),
+                strict=True,
+            )
+        ]
+        if critic_weights is not None
+        else None
+    )
     return {
         "n_poems": len(poems),
-        "format_accuracy": format_accuracy(*zip(*asked, strict=True)) if asked else None,
+        "format_accuracy": format_accuracy(*zip(*shaped, strict=True)) if shaped else None,
         "regulated_form_rate": _mean([form != OTHER_FORM for form in forms]),
         "rhyme_rate": rhyme_rate(answers) if answers else None,
+        "asked_rhyme_rate": _mean([rhyme_part(a, group) == 1.0 for a, group in asked]) if asked else None,
         "n_regulated": len(tones),
         "tone_compliance": (
             sum(r.compliant for r in tones) / sum(r.constrained for r in tones) if tones else None
@@ -131,4 +157,5 @@ def score_poems(
         "eos_termination_rate": eos_termination_rate(stopped_at_eos) if stopped_at_eos else None,
         "ngram_copy_rate": reference.ngram_copy_rate(answers) if reference else None,
         "line_copy_rate": reference.line_copy_rate(answers) if reference else None,
+        **mean_critique(critiques or []),
     }

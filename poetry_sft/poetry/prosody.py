@@ -109,13 +109,14 @@ def char_tones(char: str) -> frozenset[str]:
 
 
 def rhymes(poem: str) -> bool:
-    """Whether the even lines end in characters of one shared rhyme group.
+    """Whether the even lines end in different characters of one shared rhyme group.
 
     Line 1 may or may not rhyme (首句入韵 is optional in both 五言 and 七言), so it is not scored.
-    A polyphone counts as any of its groups.
+    A polyphone counts as any of its groups. Ending two even lines on the same character (重韵) is a
+    fault, not a rhyme: otherwise "秋…秋" would rhyme, and a model rewarded for rhyming would learn it.
     """
     even_line_finals = [line[-1] for line in split_lines(poem)[1::2]]
-    if len(even_line_finals) < 2:
+    if len(even_line_finals) < 2 or len(set(even_line_finals)) < len(even_line_finals):
         return False
     return bool(frozenset.intersection(*(rhyme_groups(char) for char in even_line_finals)))
 

@@ -17,6 +17,7 @@ import gradio as gr  # noqa: E402
 from poetry_sft.config.schema import PromptStyle  # noqa: E402
 from poetry_sft.studio.logic import (  # noqa: E402
     FORM_CHOICES,
+    MAX_BEST_OF,
     MAX_NEW_TOKENS,
     MAX_POEMS,
     POEM_CSS,
@@ -92,6 +93,14 @@ def build(studio: Studio) -> gr.Blocks:
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, label="seed 随机种子")
                         n_poems = gr.Slider(1, MAX_POEMS, value=1, step=1, label="首数 Poems")
+                        best_of = gr.Slider(
+                            1,
+                            MAX_BEST_OF,
+                            value=1,
+                            step=1,
+                            label="择优 Best of N (the prosody critic keeps the best of N samples)",
+                            elem_id="best-of",
+                        )
                 with gr.Row():
                     which = gr.Radio(
                         list(MODEL_CHOICES),
@@ -178,6 +187,7 @@ def build(studio: Studio) -> gr.Blocks:
             seed_value: float | None,
             count: float,
             model_choice: str,
+            candidates: float,
         ) -> Iterator[tuple[str, str | dict[str, Any], str | dict[str, Any]]]:
             try:
                 progress = studio.write(
@@ -190,6 +200,7 @@ def build(studio: Studio) -> gr.Blocks:
                     max_new_tokens=int(budget),
                     seed=int(seed_value or 0),
                     n_poems=int(count),
+                    best_of=int(candidates),
                     compare_base=MODEL_CHOICES.get(model_choice) == "both",
                     base_only=MODEL_CHOICES.get(model_choice) == "base",
                 )
@@ -246,7 +257,19 @@ def build(studio: Studio) -> gr.Blocks:
         refresh.click(on_refresh, outputs=[run, data_run, dir_choice])
         run.change(on_run, inputs=run, outputs=[run_info, subject])
         page.load(on_run, inputs=run, outputs=[run_info, subject])
-        write_inputs = [run, subject, form, rhyme, temperature, top_p, max_new_tokens, seed, n_poems, which]
+        write_inputs = [
+            run,
+            subject,
+            form,
+            rhyme,
+            temperature,
+            top_p,
+            max_new_tokens,
+            seed,
+            n_poems,
+            which,
+            best_of,
+        ]
         write_outputs = [write_message, tuned_poems, base_poems]
         write_button.click(on_write, inputs=write_inputs, outputs=write_outputs)
         subject.submit(on_write, inputs=write_inputs, outputs=write_outputs)

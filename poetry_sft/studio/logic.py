@@ -43,6 +43,7 @@ MAX_SUBJECT_CHARS = (
     64  # a title, a first line (七言: 8 with its comma) or a few keywords; more is not a prompt
 )
 MAX_POEMS = 8
+MAX_BEST_OF = 16  # best-of-N candidates per poem: one batch of 16 is seconds for 0.6B on a GPU
 MAX_NEW_TOKENS = 512
 SCAN_DEPTH = 3  # runs/<name>, multirun/<sweep>/<job>: how deep under the root runs are looked for
 _SKIP_DIRS = {artifacts.MODEL_DIR, artifacts.CHECKPOINTS_DIR, ".hydra", "merged", "__pycache__"}
@@ -386,6 +387,8 @@ POEM_CSS = """
 .sf-break { text-decoration: underline wavy #d1242f; }
 .sf-break rt { color: #d1242f; font-weight: bold; }
 .sf-flags { color: #d1242f; margin: .2em 0; padding-left: 1.2em; }
+.sf-critic { font-weight: 600; margin-top: .3em; }
+.sf-candidates li { font-size: .95em; }
 .sf-ok { color: #1a7f37; }
 .sf-meta { color: #555; font-size: .9em; }
 .sf-scores td { padding: 0 .6em 0 0; font-size: .85em; }
@@ -460,11 +463,35 @@ class WrittenPoem:
     form: str | None
     stopped_at_eos: bool
     analysis: PoemAnalysis
+    score: float | None = None  # the prosody critic's (poetry/critic.py)
+    candidates: list[dict[str, Any]] | None = None  # best-of-N: every poem sampled, best first
 
     @property
     def html(self) -> str:
         heading = "微调 fine-tuned" if self.model == "fine-tuned" else "基座 base"
-        return poem_html(self.title, self.content, self.analysis, heading)
+        return poem_html(self.title, self.content, self.analysis, heading) + candidates_html(
+            self.score, self.candidates
+        )
+
+
+def candidates_html(score: float | None, candidates: list[dict[str, Any]] | None) -> str:
+    """The critic's score, and with best-of-N every candidate with its score (the kept one first)."""
+    if score is None:
+        return ""
+    line = f'<div class="sf-critic">评分 critic score {score:.2f}'
+    if not candidates:
+        return line + "</div>"
+    rows = "".join(
+        f"<li><b>{c['score']:.2f}</b> {html.escape(c['content']).replace(chr(10), ' / ')}"
+        f" <small>(押韵 rhyme {c['parts']['rhyme']:.2f} · 格 form {c['parts']['form']:.2f} · "
+        f"平仄 tones {c['parts']['tones']:.2f})</small></li>"
+        for c in candidates
+    )
+    return (
+        f"{line} · 择优 best of {len(candidates)}</div>"
+        f'<details class="sf-candidates"><summary>候选 candidates ({len(candidates)})</summary>'
+        f"<ol>{rows}</ol></details>"
+    )
 
 
 @dataclass
@@ -508,6 +535,7 @@ def sampling_settings(
     top_p: float,
     max_new_tokens: int,
     seed: int,
+    best_of: int = 1,
 ) -> SamplingConfig:
     if form is not None:
         form = poetry.check_form_name(form)
@@ -524,6 +552,10 @@ def sampling_settings(
         )
     if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
         raise StudioError(f"max new tokens {max_new_tokens}: choose 1 to {MAX_NEW_TOKENS}")
+    if not 1 <= int(best_of) <= MAX_BEST_OF:
+        raise StudioError(f"best of {best_of}: choose 1 (plain sampling) to {MAX_BEST_OF}")
+    if int(best_of) > 1 and float(temperature) <= 0:
+        raise StudioError("best of N needs sampling (temperature > 0): greedy writes the same poem N times")
     sampling = dataclasses.replace(
         cfg.generation,
         form=form,
@@ -534,8 +566,9 @@ def sampling_settings(
         max_new_tokens=int(max_new_tokens),
         seed=int(seed),
         batch_size=1,
+        best_of=int(best_of),
     )
-    if problems := sampling_problems(sampling, key="sampling"):
+    if problems := sampling_problems(sampling, key="sampling", rhyme_hint=cfg.data.rhyme_hint):
         raise StudioError("sampling settings: " + "; ".join(problems))
     return sampling
 
@@ -592,7 +625,7 @@ class Studio:
         with self._generate_lock:
             try:
                 model, tokenizer = self._model(run_dir, base)
-                return generate_poems(model, tokenizer, [subject], cfg.data, sampling)[0]
+                return generate_poems(model, tokenizer, [subject], cfg.data, sampling, critic=cfg.critic)[0]
             except (PoetrySFTError, ValueError) as err:
                 raise StudioError(str(err)) from err
 
@@ -610,14 +643,16 @@ class Studio:
         n_poems: int = 1,
         compare_base: bool = False,
         base_only: bool = False,
+        best_of: int = 1,
     ) -> Iterator[WriteProgress]:
         """Write `n_poems` poems (seeds seed, seed+1, ...), yielding after each one; with
-        `compare_base` the run's base model writes the same prompts beside them."""
+        `compare_base` the run's base model writes the same prompts beside them; `best_of` > 1: each poem
+        is the prosody critic's best of that many, its candidates shown with their scores."""
         run_dir, cfg = open_run(self.root, run)
         text = check_subject(subject, cfg.data.prompt_style)
         if not 1 <= int(n_poems) <= MAX_POEMS:
             raise StudioError(f"{n_poems} poems: choose 1 to {MAX_POEMS}")
-        sampling = sampling_settings(cfg, form, rhyme, temperature, top_p, max_new_tokens, seed)
+        sampling = sampling_settings(cfg, form, rhyme, temperature, top_p, max_new_tokens, seed, best_of)
         which = ["base"] if base_only else ["fine-tuned", *(["base"] if compare_base else [])]
         progress = WriteProgress(run, total=int(n_poems) * len(which))
         for i in range(int(n_poems)):
@@ -629,7 +664,16 @@ class Studio:
                 )
                 analysis = analyse_poem(poem.content, poem.form, poem.stopped_at_eos)
                 progress.poems.append(
-                    WrittenPoem(model, poem.title, poem.content, poem.form, poem.stopped_at_eos, analysis)
+                    WrittenPoem(
+                        model,
+                        poem.title,
+                        poem.content,
+                        poem.form,
+                        poem.stopped_at_eos,
+                        analysis,
+                        poem.score,
+                        poem.candidates,
+                    )
                 )
                 yield dataclasses.replace(progress, poems=list(progress.poems))  # a snapshot per poem
 

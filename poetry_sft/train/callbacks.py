@@ -34,6 +34,7 @@ class PoetryEvalCallback(TrainerCallback):
         self.trainer = trainer
         self.data_cfg = cfg.data
         self.sampling = cfg.generation
+        self.critic = cfg.critic
         titles = cfg.generation.eval_titles
         self.titles = [titles[i % len(titles)] for i in range(cfg.generation.num_eval_poems)]
         self.poems_file = run_dir / EVAL_POEMS_FILE
@@ -61,11 +62,16 @@ class PoetryEvalCallback(TrainerCallback):
             self.sampling,
             constrain=False,
             max_new_tokens=self.sampling.eval_max_new_tokens,
+            critic=self.critic,
+            best_of=1,  # what the model writes on its own, not what the critic picks
         )
         scores = score_poems(
             [poem.content for poem in poems],
             self.sampling.form,
             stopped_at_eos=[poem.stopped_at_eos for poem in poems],
+            critic_weights=dataclasses.asdict(self.critic),
+            titles=[poem.title for poem in poems],
+            rhyme_groups=[poem.rhyme_group for poem in poems],
         )
         # Unmeasurable metrics (None, e.g. format_accuracy without generation.form) are left out:
         # loggers want numbers.
