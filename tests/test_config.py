@@ -45,8 +45,10 @@ def test_method_hardware_specialisation_applies():
 def test_every_recipe_composes_and_validates(recipe: str):
     header = (RECIPES_DIR / f"{recipe}.yaml").read_text(encoding="utf-8")
     assert f"recipe={recipe}" in header, "a recipe's header gives the exact command"
-    cfg = run_config([f"recipe={recipe}"])
-    assert cfg.method.name in recipe or recipe == "demo"
+    # a stage recipe starts from a finished run, given on its command line (init_run=runs/<run>)
+    stage = ["init_run=runs/any"] if "init_run=" in header else []
+    cfg = run_config([f"recipe={recipe}", *stage])
+    assert cfg.method.name in recipe or recipe.startswith("demo")
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ from poetry_sft.config.schema import (
     PromptStyle,
     RunConfig,
     SamplingConfig,
+    Stage,
     rule_problems,
     schema_problems,
 )
@@ -53,6 +54,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     problems += _prompt_problems(cfg)
     problems += sampling_problems(cfg.generation, rhyme_hint=cfg.data.rhyme_hint)
     problems += [f"critic: {problem}" for problem in check_weights(dataclasses.asdict(cfg.critic))]
+    problems += _stage_problems(cfg)
     if not 1 <= cfg.data.rhyme_hint_chars <= COMMON_POOL:
         problems.append(
             f"data.rhyme_hint_chars={cfg.data.rhyme_hint_chars} must be in [1, {COMMON_POOL}] (the hint "
@@ -113,6 +115,53 @@ def sampling_problems(gen: SamplingConfig, key: str = "generation", rhyme_hint: 
                 find_rhyme_group(gen.rhyme_group)
         except ValueError as err:
             problems.append(f"{key}.rhyme_group: {err}")
+    return problems
+
+
+def _stage_problems(cfg: RunConfig) -> list[str]:
+    """The stage's settings and its start (whether init_run holds a finished run is checked before training,
+    in train/stages.py: reading a directory is not a config rule)."""
+    stage, problems = cfg.stage, []
+    if stage.name is Stage.sft:
+        if cfg.init_run is not None:
+            problems.append(
+                f"init_run={cfg.init_run} is where stage=rejection or stage=grpo start; an SFT run starts "
+                "from model=... . Fix: drop init_run, or add stage=grpo (or recipe=demo_grpo)"
+            )
+        return problems
+    if not cfg.init_run:
+        problems.append(
+            f"stage={stage.name} improves a finished run: add init_run=runs/<run> (the demo's run: "
+            "poetry-sft train recipe=demo writes one)"
+        )
+    for name in ("prompts", "samples", "max_completion_length"):
+        if getattr(stage, name) < 1:
+            problems.append(f"stage.{name}={getattr(stage, name)} must be at least 1")
+    if stage.real_poems < 0:
+        problems.append(f"stage.real_poems={stage.real_poems} must be >= 0 (0: only the critic's picks)")
+    if not stage.min_score <= 1:
+        problems.append(
+            f"stage.min_score={stage.min_score} is above the critic's best, 1: no poem would pass"
+        )
+    if not stage.temperature > 0:
+        problems.append(f"stage.temperature={stage.temperature} must be > 0 (GRPO compares sampled poems)")
+    if not stage.beta >= 0:
+        problems.append(f"stage.beta={stage.beta} must be >= 0 (0: no KL penalty to the start model)")
+    if stage.name is Stage.grpo:
+        hardware = cfg.hardware
+        completions = hardware.per_device_train_batch_size * hardware.gradient_accumulation_steps
+        if stage.num_generations < 2:
+            problems.append(
+                f"stage.num_generations={stage.num_generations}: GRPO compares each poem with the others of "
+                "its group, so it needs at least 2 (4-8 is usual)"
+            )
+        elif completions % stage.num_generations:
+            problems.append(
+                f"GRPO trains on whole groups: hardware.per_device_train_batch_size x "
+                f"gradient_accumulation_steps = {completions} completions a step is not a multiple of "
+                f"stage.num_generations={stage.num_generations}. Fix: choose a divisor of {completions} for "
+                "stage.num_generations, or change the batch"
+            )
     return problems
 
 

@@ -57,6 +57,14 @@ class PromptStyle(_Choice):
     )
 
 
+class Stage(_Choice):
+    """What a run trains on (conf/stage/): poems, or its own poems judged by the prosody critic."""
+
+    sft = "sft"  # supervised fine-tuning on the data set's poems (the default)
+    rejection = "rejection"  # from init_run: sample, keep what the critic passes, fine-tune on it
+    grpo = "grpo"  # from init_run: TRL's GRPOTrainer, the critic's parts as rewards
+
+
 class Batching(_Choice):
     auto = "auto"  # padding_free where the attention implementation keeps poems apart, else padded
     padding_free = "padding_free"  # a batch's poems concatenated into one row with restarting position ids
@@ -273,6 +281,31 @@ class SamplingConfig:
 
 
 @dataclass
+class StageConfig:
+    """The stage a run trains (conf/stage/*.yaml say why each default is what it is). The rejection and
+    GRPO stages start from a finished run (init_run=runs/<run>), ask it for poems on the titles of its own
+    training data, and judge them with the prosody critic (critic.*)."""
+
+    name: Stage = Stage.sft
+    prompts: int = 256  # titles (subjects) drawn from init_run's training set, seeded by train.seed
+    # rejection: candidates sampled per title (one generate() call per batch of titles), the critic's best
+    # kept if it scores at least min_score; real_poems of init_run's own training poems are mixed in
+    samples: int = 8
+    min_score: float = 0.8
+    real_poems: int = 0
+    # rejection: sample under constrained decoding (each title a regulated form, cycled, and the even lines
+    # rhyming in a level-tone group: the asked one in a rhyme-aware run), so every kept poem has the form and
+    # the rhyme and the critic picks among them by tones and everything else
+    constrain: bool = False
+    # grpo: completions per prompt (the group whose rewards are compared), their length in tokens, and the
+    # sampling temperature; beta > 0 adds a KL penalty to the start model (a reference copy for full runs)
+    num_generations: int = 8
+    max_completion_length: int = 96
+    temperature: float = 1.0
+    beta: float = 0.0
+
+
+@dataclass
 class CriticConfig:
     """Weights of the prosody critic (poetry_sft/poetry/critic.py, which says what each part measures):
     it picks best-of-N poems, rewards the GRPO stage, filters the rejection-sampling stage, and is shown by
@@ -302,6 +335,10 @@ class RunConfig:
     sample_titles: list[str] = field(default_factory=list)
     generation: SamplingConfig = field(default_factory=SamplingConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)  # the prosody critic's weights
+    # stage=rejection|grpo start from this finished run: its model (a full run's weights, or a LoRA run's
+    # adapter, trained on), its prompts (data.*: the same template, hints and titles) and its tokenizer.
+    init_run: str | None = None
+    stage: StageConfig = field(default_factory=StageConfig)
     # Any other TRL SFTConfig / transformers TrainingArguments option by its own name, passed through:
     # trainer.neftune_noise_alpha=5, trainer.use_liger_kernel=true. Keys are checked against SFTConfig's
     # fields before anything loads (training.trainer_problems); the ones our groups set are refused there.

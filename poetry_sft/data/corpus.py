@@ -46,6 +46,7 @@ from poetry_sft.data.prompts import (
     make_formatting_func,
     poem_keywords,
     prompt_fields,
+    prompt_subject,
     prompt_template,
     rhyme_hint_count,
     user_and_completion,
@@ -63,7 +64,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PIPELINE_VERSION = "2"  # bump when the output of prepare_poems changes for the same inputs
+_PIPELINE_VERSION = "3"  # bump when the output of prepare_poems changes for the same inputs
+TRAIN_ROWS_FILE = "train_rows.json"  # in a cache entry: PreparedData.train_rows
 # datasets builder for each local file type
 # poems tokenised per call: bounds the tokenizer's per-token bookkeeping (offsets, token strings)
 _ENCODE_CHUNK = 20_000
@@ -394,6 +396,10 @@ class PreparedData:
     train: Dataset  # input_ids, labels (-100 on the prompt), length
     eval: Dataset
     report: dict[str, Any] = field(default_factory=dict)
+    # The training poems as text: what each one's prompt asked for ("subject": its title, or first line /
+    # keywords by prompt style), its title and content. The rejection-sampling and GRPO stages prompt their
+    # model with the subjects; rejection sampling can mix the poems back in.
+    train_rows: list[dict[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         r = self.report
@@ -456,7 +462,8 @@ def prepare_poems(
 
         report = json.loads((target / "report.json").read_text(encoding="utf-8"))
         report["cached"] = True
-        return PreparedData(load_from_disk(target / "train"), load_from_disk(target / "eval"), report)
+        rows = json.loads((target / TRAIN_ROWS_FILE).read_text(encoding="utf-8"))
+        return PreparedData(load_from_disk(target / "train"), load_from_disk(target / "eval"), report, rows)
     started = time.perf_counter()
     raw = raw if raw is not None else _load_raw(cfg, files)
     load_seconds = time.perf_counter() - started
@@ -580,7 +587,16 @@ def _prepare(
             "split": round(time.perf_counter() - clock, 2),
         },
     }
-    return PreparedData(train_set, eval_set, report)
+    rows = poems.select([c for c in ("title", "content", "keywords") if c in poems.column_names]).to_pylist()
+    texts = [
+        {
+            "subject": prompt_subject(cfg.prompt_style, rows[i], cfg.max_keywords),
+            "title": rows[i].get("title") or "",
+            "content": rows[i]["content"],
+        }
+        for i in train_rows
+    ]
+    return PreparedData(train_set, eval_set, report, texts)
 
 
 def _length_stats(lengths: list[int]) -> dict[str, float]:
@@ -603,4 +619,5 @@ def _save(prepared: PreparedData, target: Path) -> None:
     with staged_directory(target, complete_marker="report.json") as staging:
         prepared.train.save_to_disk(str(staging / "train"))
         prepared.eval.save_to_disk(str(staging / "eval"))
+        (staging / TRAIN_ROWS_FILE).write_text(json.dumps(prepared.train_rows, ensure_ascii=False))
         (staging / "report.json").write_text(json.dumps(prepared.report, ensure_ascii=False, indent=2))

@@ -99,6 +99,18 @@ def asked_rhyme_group(cfg: DataConfig, subject: str, rhyme_group: str | None = N
         raise ConfigError(f"--rhyme-group / generation.rhyme_group: {err}") from None
 
 
+def prompt_subject(style: PromptStyle, row: dict[str, Any], max_keywords: int = 3) -> str:
+    """What a generation request gives for this row (PROMPT_SUBJECT): its title, first line or keywords.
+    The rejection-sampling and GRPO stages ask their model for poems on the training rows' subjects."""
+    content = row["content"]
+    if style is PromptStyle.first_line:
+        parts = split_first_line(content)
+        return parts[0] if parts else ""
+    if style is PromptStyle.keywords:
+        return keywords_text(row.get("keywords")) or poem_keywords(content, max_keywords)
+    return row.get("title") or ""
+
+
 def user_and_completion(
     template: str, style: PromptStyle, row: dict[str, Any], max_keywords: int = 3, hint_count: int = 0
 ) -> tuple[str, str]:

@@ -120,7 +120,7 @@ def load_run(
     return model.eval(), tokenizer, cfg
 
 
-def _token_ids(tokenizer: PreTrainedTokenizerBase, tokens: tuple[str, ...]) -> list[int]:
+def token_ids(tokenizer: PreTrainedTokenizerBase, tokens: tuple[str, ...]) -> list[int]:
     """Ids of the tokens the vocabulary has as single tokens (unknown ones map to unk or None)."""
     ids = [tokenizer.convert_tokens_to_ids(token) for token in tokens]
     return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
@@ -151,7 +151,7 @@ def generation_config(
         repetition_penalty=sampling.repetition_penalty if sampling.penalize_punctuation else 1.0,
         eos_token_id=eos_token_ids(model, tokenizer),
         pad_token_id=tokenizer.pad_token_id,
-        suppress_tokens=_token_ids(tokenizer, THINK_TOKENS) or None,
+        suppress_tokens=token_ids(tokenizer, THINK_TOKENS) or None,
         use_cache=True,  # generation has no packed sequences: the KV cache is safe and fast here
         **sampled,
     )

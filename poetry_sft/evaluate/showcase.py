@@ -48,6 +48,13 @@ def side_by_side(columns: list[tuple[str, str]], width: int = 30) -> str:
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> Path | None:
     """Train (and eval) loss over steps as a PNG; None where matplotlib is not installed."""
+    return plot_history(history, path, [("loss", "train loss"), ("eval_loss", "eval loss")], ylabel="loss")
+
+
+def plot_history(
+    history: list[dict[str, Any]], path: Path, keys: list[tuple[str, str]], ylabel: str
+) -> Path | None:
+    """Curves of log-history keys over steps ((key, label) each) as a PNG; None without matplotlib."""
     try:
         import matplotlib
 
@@ -56,13 +63,13 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> Path | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+    for key, label in keys:
         points = [(h["step"], h[key]) for h in history if key in h]
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
+            ax.plot(*zip(*points, strict=True), marker="o" if key.startswith("eval") else None, label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from poetry_sft.config.schema import MethodConfig, ModelConfig, ModelHub, Precision, RunConfig
 from poetry_sft.errors import ConfigError, ResourceNotFoundError
@@ -124,6 +124,22 @@ def load_model(cfg: RunConfig, name_or_path: str) -> PreTrainedModel:
             model, use_gradient_checkpointing=cfg.hardware.gradient_checkpointing
         )
     return model
+
+
+def load_for_training(
+    cfg: RunConfig, name_or_path: str, adapter_dir: Path | None = None
+) -> tuple[PreTrainedModel, LoraConfig | None]:
+    """The model a trainer gets and the peft config it wraps it with (None: nothing to wrap). With
+    `adapter_dir` (a stage on a LoRA/QLoRA run: artifacts.init_adapter_dir) that adapter is loaded onto
+    the base and trains on; otherwise the method's new adapter, if it has one."""
+    model = load_model(cfg, name_or_path)
+    if adapter_dir is None:
+        return model, peft_config(cfg.method)
+    from peft import PeftModel
+
+    with _explain_load_failure("adapter", str(adapter_dir)):
+        adapted = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    return cast("PreTrainedModel", adapted), None  # a PeftModel generates and trains as the model it wraps
 
 
 def _compute_precision(precision: Precision) -> Precision:

@@ -383,3 +383,12 @@ def read_run_config(path: Path) -> RunConfig:
     cfg = OmegaConf.to_object(_saved_config(path))
     assert isinstance(cfg, RunConfig)
     return validate(cfg)
+
+
+def init_adapter_dir(cfg: RunConfig) -> Path | None:
+    """The adapter a rejection/GRPO stage trains on: its LoRA/QLoRA init run's (None: the init run trained
+    every weight, or this is an SFT run; a new adapter then, if the method has one)."""
+    if not cfg.init_run:
+        return None
+    model_dir = Path(cfg.init_run) / MODEL_DIR
+    return model_dir if (model_dir / "adapter_config.json").is_file() else None

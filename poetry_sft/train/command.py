@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft.config.checks import to_run_config
 from poetry_sft.config.compose import override_problems, register_recipes
-from poetry_sft.config.schema import register_configs
+from poetry_sft.config.schema import RunConfig, Stage, register_configs
 from poetry_sft.errors import ERROR_PREFIX, ConfigError, PoetrySFTError, print_error
 from poetry_sft.model.doctor import check_environment
 from poetry_sft.model.plan import check_budget
@@ -30,6 +31,7 @@ from poetry_sft.run.artifacts import (
     is_main_process,
 )
 from poetry_sft.train.preflight import check_preflight
+from poetry_sft.train.stages import resolve_init_run
 
 log = logging.getLogger("poetry_sft")
 
@@ -45,14 +47,17 @@ class PreflightCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             _ensure_one_run_dir_for_all_processes(config)
-            run_cfg = to_run_config(config)
+            composed = to_run_config(config)
+            run_cfg = resolve_init_run(composed)  # a stage: its init run, checked and applied
             # Read-only, and cheap: a finished run, a user's folder, a run another process is training.
             run_dir = Path(config.hydra.run.dir)
             ensure_fresh(run_dir)
             ensure_usable_run_dir(run_dir)
             check_preflight(run_cfg)  # scheduler, report_to, target modules, attention, paths, trainer.*
             check_budget(run_cfg)  # memory plan vs the profile's card, before any weights load
-            check_environment(run_cfg)  # bitsandbytes that cannot load; a GPU profile on CPU-only torch
+            # bitsandbytes that cannot load; a GPU profile on CPU-only torch (as composed: a stage on the
+            # demo's random-init model is the demo's, whatever directory its weights now live in)
+            check_environment(composed)
             _claim_run_dir(run_dir)
             # Under the lock: a mismatched resume is refused before Hydra writes into the directory.
             find_resume_checkpoint(run_dir, run_cfg)
@@ -118,8 +123,7 @@ def _run(cfg: DictConfig) -> float | None:
 
         return run_job(cfg, run_dir, list(hydra_cfg.overrides.task), hydra_cfg.job.config_name)
 
-    from poetry_sft.train.sft import train
-
+    train = stage_trainer(cfg.stage.name)
     training_started = False
 
     def on_training_start() -> None:
@@ -127,7 +131,7 @@ def _run(cfg: DictConfig) -> float | None:
         training_started = True
 
     try:
-        metrics = train(to_run_config(cfg), run_dir, on_training_start)
+        metrics = train(resolve_init_run(to_run_config(cfg)), run_dir, on_training_start)
     except BaseException as err:  # also a crash or Ctrl-C while loading: nothing there is worth keeping
         if not training_started:
             _abandon_run_dir()
@@ -136,9 +140,25 @@ def _run(cfg: DictConfig) -> float | None:
         raise
     finally:
         _release_run_dir()
-    log.info("finished: %s (eval_loss %.4f)", run_dir, metrics["eval_loss"])
+    loss = metrics.get("eval_loss")
+    log.info("finished: %s%s", run_dir, f" (eval_loss {loss:.4f})" if loss is not None else "")
     log.info("write poems with it: poetry-sft generate %s --title 春夜喜雨", run_dir)
-    return metrics["eval_loss"]  # what a Hydra sweeper minimises
+    return loss  # what a Hydra sweeper minimises
+
+
+def stage_trainer(stage: str) -> Callable[[RunConfig, Path, Callable[[], None] | None], dict[str, Any]]:
+    """The `train(cfg, run_dir, on_training_start) -> metrics` of a stage (conf/stage/)."""
+    if stage == Stage.grpo:
+        from poetry_sft.train.grpo import train as train_grpo
+
+        return train_grpo
+    if stage == Stage.rejection:
+        from poetry_sft.train.rejection import train as train_rejection
+
+        return train_rejection
+    from poetry_sft.train.sft import train as train_sft
+
+    return train_sft
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,14 +12,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poetry_sft import atomic
-from poetry_sft.config.schema import Batching, HardwareConfig, Precision, RunConfig, resolve_batching
+from poetry_sft.config.schema import (
+    Batching,
+    DataConfig,
+    HardwareConfig,
+    Precision,
+    RunConfig,
+    resolve_batching,
+)
 from poetry_sft.data.corpus import prepare_poems
 from poetry_sft.data.prompts import refuse_control_tokens
 from poetry_sft.errors import DiskFullError, is_disk_full
 from poetry_sft.model.loading import (
-    load_model,
+    load_for_training,
     load_tokenizer,
-    peft_config,
     precision_choice,
     resolve_model_path,
     resolve_precision,
@@ -28,6 +34,7 @@ from poetry_sft.run import artifacts
 
 if TYPE_CHECKING:
     import torch
+    from transformers import Trainer
     from transformers.trainer_utils import TrainOutput
     from trl import SFTConfig, SFTTrainer
 
@@ -130,7 +137,9 @@ def _batching_args(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
+def build_trainer(cfg: RunConfig, run_dir: Path, poems: DataConfig | None = None) -> SFTTrainer:
+    """The run's SFTTrainer. `poems`: train on these poems instead of cfg.data's (the rejection stage's
+    kept poems), with cfg.data's prompts all the same."""
     from trl import SFTTrainer
 
     model_path = resolve_model_path(cfg.model)
@@ -138,18 +147,19 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
     # Titles the run generates from (mid-training and at the end): refused now, not after hours of training
     refuse_control_tokens(tokenizer, "generation.eval_titles:", cfg.generation.eval_titles)
     refuse_control_tokens(tokenizer, "sample_titles:", cfg.sample_titles)
-    data = prepare_poems(cfg.data, tokenizer, max_length=cfg.hardware.max_length)
+    data = prepare_poems(poems or cfg.data, tokenizer, max_length=cfg.hardware.max_length)
     log.info(data.summary())
     if artifacts.is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run_dir / artifacts.DATA_REPORT_FILE, data.report)
+    model, adapter = load_for_training(cfg, model_path, artifacts.init_adapter_dir(cfg))
     trainer = SFTTrainer(
-        model=load_model(cfg, model_path),
+        model=model,
         args=sft_config(cfg, run_dir),
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
-        peft_config=peft_config(cfg.method),
+        peft_config=adapter,
     )
     assert trainer.model is not None
     _keep_adapters_fp32(trainer.model)
@@ -194,7 +204,10 @@ def real_token_fraction(trainer: SFTTrainer, max_batches: int = 64) -> float:
 
 
 def train(
-    cfg: RunConfig, run_dir: Path, on_training_start: Callable[[], None] | None = None
+    cfg: RunConfig,
+    run_dir: Path,
+    on_training_start: Callable[[], None] | None = None,
+    poems: DataConfig | None = None,
 ) -> dict[str, Any]:
     """Train, save the adapter or model, evaluate, and mark the run finished. Returns its metrics.
 
@@ -204,7 +217,7 @@ def train(
     from then on leaves a run to resume, not a stub to remove).
     """
     checkpoint, resumed = _find_where_to_resume(run_dir, cfg)
-    trainer = _build(cfg, run_dir, checkpoint)
+    trainer = _build(cfg, run_dir, checkpoint, poems)
     token_fraction = real_token_fraction(trainer)
     if on_training_start:
         on_training_start()
@@ -227,12 +240,12 @@ def _find_where_to_resume(run_dir: Path, cfg: RunConfig) -> tuple[Path | None, d
     return checkpoint, resumed
 
 
-def _build(cfg: RunConfig, run_dir: Path, checkpoint: Path | None) -> SFTTrainer:
+def _build(cfg: RunConfig, run_dir: Path, checkpoint: Path | None, poems: DataConfig | None) -> SFTTrainer:
     """The run's config saved, the GPU capped to the profile, data prepared, model and trainer built."""
     artifacts.save_run_config(cfg, run_dir)
     _cap_gpu_memory(cfg.hardware)
     log.info("precision: %s", precision_choice(cfg.train.precision)[1])
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, poems)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     else:
@@ -241,7 +254,7 @@ def _build(cfg: RunConfig, run_dir: Path, checkpoint: Path | None) -> SFTTrainer
 
 
 def _train(
-    trainer: SFTTrainer, run_dir: Path, checkpoint: Path | None, resumed: dict[str, Any]
+    trainer: Trainer, run_dir: Path, checkpoint: Path | None, resumed: dict[str, Any]
 ) -> tuple[TrainOutput, float]:
     """trainer.train (or the final checkpoint, where the run had already ended), and its seconds."""
     # Only now that the run trains: a start that fails (data, model) leaves the directory as it was
@@ -256,7 +269,7 @@ def _train(
     return result, time.perf_counter() - started
 
 
-def _save_model(trainer: SFTTrainer, run_dir: Path) -> None:
+def _save_model(trainer: Trainer, run_dir: Path) -> None:
     with _explain_disk_full(run_dir, "the trained model"):
         trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; and the tokenizer
 
@@ -321,7 +334,7 @@ def _report(cfg: RunConfig, run_dir: Path) -> None:
         print("\n" + showcase(run_dir), flush=True)
 
 
-def _load_final_checkpoint(trainer: SFTTrainer, checkpoint: Path) -> TrainOutput:
+def _load_final_checkpoint(trainer: Trainer, checkpoint: Path) -> TrainOutput:
     """Training had ended at `checkpoint` (its model was not saved: a kill, a full disk). Trainer resumed
     there would train one step past max_steps (transformers 5.x steps before it checks), so the
     checkpoint's weights and state are loaded instead. The train loss is the mean of the logged losses."""
@@ -449,3 +462,19 @@ def peak_memory() -> dict[str, float]:
         return {}
     scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss is bytes on macOS, KiB on Linux
     return {"peak_cpu_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 3)}
+
+
+# The run's steps that the rejection-sampling and GRPO stages share (train/grpo.py, train/rejection.py).
+find_where_to_resume = _find_where_to_resume
+cap_gpu_memory = _cap_gpu_memory
+keep_adapters_fp32 = _keep_adapters_fp32
+run_training = _train
+save_model = _save_model
+finish_report = _report
+
+
+def write_history_and_metrics(run_dir: Path, history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """log_history.json, then metrics.json: the run is finished."""
+    with _explain_disk_full(run_dir, "the run's metrics"):
+        atomic.write_json(run_dir / artifacts.LOG_HISTORY_FILE, history)
+        atomic.write_json(run_dir / artifacts.METRICS_FILE, metrics)

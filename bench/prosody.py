@@ -1,0 +1,143 @@
+"""How well do trained poets rhyme? Unseen titles, two seeds, the runs' own sampling settings, unconstrained.
+
+    python -m bench.prosody runs/demo runs/demo_hint [--best-of 1 4 8 16] [--seeds 0 1] \\
+        [--titles bench/unseen_titles.txt] [--out bench/results/prosody.json]
+
+For every run and every N of --best-of, each title gets one poem per seed (the critic's best of N
+samples when N > 1, all N from one generate() call), written with the run's generation settings and
+prompts: a run trained with rhyme-aware prompts (data.rhyme_hint=true) is asked for a 韵部 per title (one
+of the ten commonest, picked by the title) and `asked_rhyme_rate` is the share of its poems whose even
+lines all rhyme in that group. Printed as a Markdown table (and written as JSON):
+
+    layout     regulated_form_rate: a 5/7-character 绝句/律诗 shape
+    rhyme      rhyme_rate: the even lines end in different characters of one 平水韵 group
+    asked      asked_rhyme_rate (rhyme-aware runs only)
+    tones      tone_compliance of the regulated poems
+    distinct-2 distinct character pairs over all poems
+    eos        the share that stopped at the end token
+    critic     the mean prosody critic score
+
+The titles (bench/unseen_titles.txt) are titles of regulated poems in ../shared/data/poems.parquet that
+neither the shipped sample (what the demo trains on) nor the demo's eval titles use; a run whose training
+data is the sample is checked against it. Nothing here tunes anything: it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+TITLES = Path(__file__).with_name("unseen_titles.txt")
+COLUMNS = (
+    ("layout", "regulated_form_rate"),
+    ("rhyme", "rhyme_rate"),
+    ("asked", "asked_rhyme_rate"),
+    ("tones", "tone_compliance"),
+    ("distinct-2", "distinct_2"),
+    ("eos", "eos_termination_rate"),
+    ("critic", "critic_score"),
+)
+
+
+def read_titles(path: Path) -> list[str]:
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def check_unseen(run_dir: Path, titles: list[str]) -> None:
+    """A run trained on the shipped sample must not have seen any of the titles."""
+    from poetry_sft.paths import SAMPLE_POEMS
+    from poetry_sft.run.artifacts import load_run_config
+
+    if load_run_config(run_dir).data.path != "sample":
+        return
+    seen = {json.loads(line)["title"] for line in SAMPLE_POEMS.read_text(encoding="utf-8").splitlines()}
+    if overlap := sorted(set(titles) & seen):
+        raise SystemExit(f"{run_dir} trained on titles of the benchmark: {overlap[:5]}")
+
+
+def measure(run_dir: Path, titles: list[str], best_of: list[int], seeds: list[int]) -> list[dict[str, Any]]:
+    from poetry_sft.evaluate.generate import generate_poems, load_run
+    from poetry_sft.poetry import score_poems
+
+    model, tokenizer, cfg = load_run(run_dir)
+    rows = []
+    for n in best_of:
+        per_seed, started = [], time.perf_counter()
+        for seed in seeds:
+            sampling = dataclasses.replace(cfg.generation, seed=seed)
+            poems = generate_poems(
+                model, tokenizer, titles, cfg.data, sampling, constrain=False, critic=cfg.critic, best_of=n
+            )
+            per_seed.append(
+                score_poems(
+                    [poem.content for poem in poems],
+                    stopped_at_eos=[poem.stopped_at_eos for poem in poems],
+                    critic_weights=dataclasses.asdict(cfg.critic),
+                    titles=[poem.title for poem in poems],
+                    rhyme_groups=[poem.rhyme_group for poem in poems],
+                )
+            )
+        mean = {
+            key: statistics.mean(scores[key] for scores in per_seed) if per_seed[0][key] is not None else None
+            for _, key in COLUMNS
+        }
+        rows.append(
+            {
+                "run": run_dir.name,
+                "rhyme_hint": cfg.data.rhyme_hint,
+                "best_of": n,
+                "seconds": round(time.perf_counter() - started, 1),
+                **mean,
+                "per_seed": per_seed,
+            }
+        )
+        print(_row(rows[-1]), flush=True)
+    return rows
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _row(row: dict[str, Any]) -> str:
+    prompts = "rhyme-aware" if row["rhyme_hint"] else "plain"
+    cells = " | ".join(_cell(row[key]) for _, key in COLUMNS)
+    return f"| {row['run']} | {prompts} | {row['best_of']} | {cells} |"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = "| run | prompts | best of | " + " | ".join(name for name, _ in COLUMNS) + " |"
+    rule = "|" + "---|" * (3 + len(COLUMNS))
+    return "\n".join([head, rule, *map(_row, rows)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories")
+    parser.add_argument("--titles", type=Path, default=TITLES)
+    parser.add_argument("--best-of", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--out", type=Path, help="write every row (and every seed's scores) as JSON")
+    args = parser.parse_args()
+    titles = read_titles(args.titles)
+    print(f"{len(titles)} unseen titles x {len(args.seeds)} seeds, unconstrained, each run's own settings\n")
+    print(table([]))
+    rows = []
+    for run_dir in args.runs:
+        check_unseen(run_dir, titles)
+        rows += measure(run_dir, titles, args.best_of, args.seeds)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"command": "python -m bench.prosody " + " ".join(map(str, args.runs)), "rows": rows}
+        args.out.write_text(json.dumps(payload, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
