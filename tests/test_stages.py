@@ -199,3 +199,28 @@ def test_a_killed_grpo_run_resumes_from_its_checkpoint(demo_runs: Path, tmp_path
     metrics = train(_stage_config(overrides, killed), killed)  # the same command again, in-process
     assert metrics["resumed_from_step"] == 2 and metrics["global_step"] == steps
     assert artifacts.is_finished(killed)
+
+
+def test_the_memory_plan_counts_what_grpo_holds_and_refuses_what_does_not_fit():
+    from poetry_sft.model.plan import check_budget, plan_run
+
+    real = ["model=qwen3_0.6b_random", "init_run=runs/any"]
+    sft_plan = plan_run(run_config(["model=qwen3_0.6b_random", "recipe=lora_8gb"]))
+    grpo_plan = plan_run(run_config([*real, "recipe=grpo_8gb"]))
+    assert sft_plan and grpo_plan
+    assert sft_plan[0].items["generation"] == 0 and grpo_plan[0].items["generation"] > 0
+    assert "generation: KV cache" in grpo_plan[0].table() and "generation" not in sft_plan[0].table()
+    longer = plan_run(run_config([*real, "recipe=grpo_8gb", "stage.max_completion_length=400"]))
+    assert longer and longer[0].total > grpo_plan[0].total  # completion logits and KV cache grow
+    full = ["recipe=grpo_t4", "method=full", "hardware.optimizer=adafactor"]
+    with_reference = plan_run(run_config([*real, *full, "stage.beta=0.04"]))
+    without = plan_run(run_config([*real, *full]))
+    assert with_reference and without
+    assert with_reference[0].items["reference"] == without[0].items["weights"] > 0  # a frozen copy
+    too_big = [*real, "recipe=grpo_8gb", "hardware=4gb", "hardware.per_device_train_batch_size=32"]
+    with pytest.raises(ConfigError, match="does not fit a 4 GiB card"):
+        check_budget(
+            run_config(
+                [*too_big, "hardware.gradient_accumulation_steps=1", "stage.max_completion_length=512"]
+            )
+        )

@@ -241,3 +241,21 @@ def generation_prompt(
     if group := asked_rhyme_group(cfg, subject, rhyme_group):
         user += rhyme_hint(group, hint_chars(group, cfg.rhyme_hint_chars, seed=subject))
     return chat_prompt(tokenizer, cfg.system_prompt, user)
+
+
+# What the README, the model cards and the export README show a person typing to ask for a poem.
+EXAMPLE_SUBJECTS = {"title": "春夜喜雨", "first_line": "好雨知时节，", "keywords": "明月、孤舟"}
+
+
+def example_request(cfg: DataConfig) -> str:
+    """The user message that asks this run's model for a poem as it was trained (with a rhyme hint in a
+    data.rhyme_hint run): what a person types into Ollama, llama.cpp or LM Studio."""
+    field = PROMPT_SUBJECT[cfg.prompt_style]
+    subject = EXAMPLE_SUBJECTS[field]
+    try:
+        user = prompt_template(cfg).format(form="五言绝句", **{field: subject})
+    except KeyError:  # a custom template naming {author}/{dynasty}
+        user = "以《春夜喜雨》为题，写一首古诗。"
+    if group := asked_rhyme_group(cfg, subject):
+        user += rhyme_hint(group, hint_chars(group, cfg.rhyme_hint_chars, seed=subject))
+    return user

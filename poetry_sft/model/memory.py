@@ -162,6 +162,14 @@ class TrainingShape:
     kbit_upcast: bool = True  # qlora: prepare_model_for_kbit_training upcasts unquantised params to fp32
     double_quant: bool = True  # qlora: bnb_4bit_use_double_quant
     dora: bool = False  # DoRA (method.use_dora): a trained magnitude per output row of every adapter
+    # GRPO (stage=grpo): logits are materialised for the completion positions only (TRL's logits_to_keep),
+    # `loss_tokens` of them per micro-batch; before each round of steps the model generates
+    # `generation_batch` sequences of `generation_tokens` (prompt + completion) with a KV cache; beta > 0
+    # on a fully trained model keeps a frozen reference copy of the weights.
+    loss_tokens: int | None = None  # None: every token of the micro-batch (SFT)
+    generation_batch: int = 0  # 0: no generation phase (SFT)
+    generation_tokens: int = 0
+    reference_weights: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -194,9 +202,10 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 # Held through the whole step (paged optimizer states aside, in torch's counters).
-PERSISTENT = ("weights", "lora", "gradients", "optimizer")
+PERSISTENT = ("weights", "reference", "lora", "gradients", "optimizer")
 ROW_LABELS = {
     "weights": "weights",
+    "reference": "reference model (GRPO beta > 0, full)",
     "lora": "LoRA adapters",
     "gradients": "gradients",
     "optimizer": "optimizer states",
@@ -205,10 +214,12 @@ ROW_LABELS = {
     "recompute": "  one layer's backward (+ activations)",
     "embedding_grad": "  embedding backward",
     "optimizer_step": "  optimizer step",
+    "generation": "  generation: KV cache + logits (GRPO)",
     "allocator": "allocator margin",
     "cuda_context": "CUDA context",
 }
 PHASES_HEADER = "temporaries, the largest phase counts:"
+GRPO_ROWS = ("reference", "generation")
 
 
 def _peak_of_phases(items: dict[str, float]) -> float:
@@ -216,7 +227,7 @@ def _peak_of_phases(items: dict[str, float]) -> float:
     head and then runs layer by layer, both on top of the saved activations; the embedding's backward
     ends it and the optimizer step follows, once the activations are freed."""
     backward = items["activations"] + max(items["logits"], items["recompute"])
-    return max(backward, items["embedding_grad"], items["optimizer_step"])
+    return max(backward, items["embedding_grad"], items["optimizer_step"], items["generation"])
 
 
 @dataclass(frozen=True)
@@ -254,6 +265,8 @@ class MemoryPlan:
         for name, label in ROW_LABELS.items():
             if name == "logits":
                 lines.append(PHASES_HEADER)
+            if name in GRPO_ROWS and not self.items[name]:
+                continue  # an SFT run has neither
             lines.append(f"{label:<44}{self.items[name] / GIB:>8.3f}")
         if self.paged:
             lines.append(f"{'  of which paged (managed memory)':<44}{self.paged / GIB:>8.3f}")
@@ -279,6 +292,7 @@ def plan_memory(arch: Architecture, shape: TrainingShape) -> MemoryPlan:
     optimizer, paged = _optimizer_state_bytes(tensors, param_bytes, shape.optimizer, embedding)
     items = {
         "weights": _weight_bytes(arch, shape),
+        "reference": _weight_bytes(arch, shape) if shape.reference_weights else 0.0,
         "lora": trainable if shape.method != "full" else 0.0,
         "gradients": trainable,
         "optimizer": optimizer,
@@ -287,6 +301,7 @@ def plan_memory(arch: Architecture, shape: TrainingShape) -> MemoryPlan:
         "recompute": _layer_backward_bytes(arch, shape),
         "embedding_grad": _embedding_backward_bytes(arch, shape),
         "optimizer_step": _optimizer_step_bytes(tensors, param_bytes, shape.optimizer),
+        "generation": _generation_bytes(arch, shape),
     }
     dynamic = items["gradients"] + _peak_of_phases(items)
     items["allocator"] = FRAGMENTATION * dynamic + CUBLAS_WORKSPACE_BYTES
@@ -552,7 +567,8 @@ def _loss_head_bytes(arch: Architecture, shape: TrainingShape) -> float:
     if not shape.chunked_loss:
         # logits (act) -> .float() -> log_softmax saves fp32 log-probs; backward holds those, nll's
         # fp32 gradient and log_softmax's fp32 gradient at once, then casts it for the head's matmul.
-        logits = n * vocab * max(act + 8, 12)
+        # GRPO keeps only the completion positions' logits (loss_tokens).
+        logits = (shape.loss_tokens or n) * vocab * max(act + 8, 12)
         head_grad = vocab * h * head_dtype if head_trains else 0
         return logits + n * h * act + head_grad
     # TRL fused head: saves the scored hidden states (a boolean-index copy) and fp32 per-token stats.
@@ -567,6 +583,19 @@ def _loss_head_bytes(arch: Architecture, shape: TrainingShape) -> float:
     grad_hidden = n * h * (4 + (res if res != 4 else 0))
     grad_weight = vocab * h * (4 + (head_dtype if head_dtype != 4 else 0)) if head_trains else 0
     return saved + tile + hidden_cast + weight_cast + grad_hidden + grad_weight
+
+
+def _generation_bytes(arch: Architecture, shape: TrainingShape) -> float:
+    """GRPO's sampling phase (no gradients): the KV cache of the whole generation batch at full length, the
+    last position's logits with their fp32 copy and softmax (sampling), and one step's hidden states."""
+    if not shape.generation_batch:
+        return 0.0
+    act, res, _ = _dtypes(shape)
+    batch, tokens = shape.generation_batch, shape.generation_tokens
+    kv_cache = 2 * arch.num_hidden_layers * arch.kv_dim * tokens * batch * act
+    sampling = batch * arch.vocab_size * (act + 4 + 4)
+    step = batch * (arch.hidden_size * res + arch.intermediate_size * 3 * act)
+    return kv_cache + sampling + step
 
 
 def _head_weight_bytes(shape: TrainingShape) -> int:

@@ -9,8 +9,9 @@ fixes, unless `hardware.allow_over_budget=true`.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from poetry_sft.config.schema import Batching, Precision, RunConfig, resolve_batching
+from poetry_sft.config.schema import Batching, Precision, RunConfig, Stage, resolve_batching
 from poetry_sft.errors import ConfigError, ResourceNotFoundError, command
 from poetry_sft.model.memory import (
     GIB,
@@ -48,7 +49,7 @@ def training_shape(cfg: RunConfig) -> TrainingShape:
     weights = precision
     if not cfg.method.uses_adapter:
         weights = Precision.fp32  # bf16/fp16 autocast over fp32 master weights (modeling.load_model)
-    return TrainingShape(
+    settings: dict[str, Any] = dict(
         method=cfg.method.plan_kind,
         weight_dtype=weights.value,
         compute_dtype=precision.value,
@@ -67,6 +68,32 @@ def training_shape(cfg: RunConfig) -> TrainingShape:
         # modeling.load_model calls peft's prepare_model_for_kbit_training on every 4-bit base
         kbit_upcast=cfg.method.quantized,
     )
+    if cfg.stage.name is Stage.grpo:
+        settings.update(_grpo_shape(cfg))
+    return TrainingShape(**settings)
+
+
+# Tokens of a GRPO prompt: the chat template's frame (~20 with Qwen3's empty think block), the request and
+# a rhyme hint (~30 Qwen tokens; one per character in the demo's vocabulary), rounded up.
+GRPO_PROMPT_TOKENS = 64
+
+
+def _grpo_shape(cfg: RunConfig) -> dict[str, Any]:
+    """What GRPO holds instead of SFT's: sequences of prompt + completion, full logits for the completion
+    positions (TRL has no fused loss head for GRPO), a generation round over the whole step's completions
+    (TRL's default generation_batch_size: per-device batch x accumulation), and a reference copy of the
+    weights when beta > 0 on a fully trained model (an adapter's reference is the base with it disabled)."""
+    hardware, stage = cfg.hardware, cfg.stage
+    tokens = GRPO_PROMPT_TOKENS + stage.max_completion_length
+    return {
+        "seq_len": tokens,
+        "chunked_loss": False,
+        "loss_tokens": hardware.per_device_train_batch_size * (stage.max_completion_length + 1),
+        "generation_batch": hardware.per_device_train_batch_size * hardware.gradient_accumulation_steps,
+        "generation_tokens": tokens,
+        "reference_weights": stage.beta > 0 and not cfg.method.uses_adapter,
+        "padded": True,  # GRPO pads its batches
+    }
 
 
 def plan_run(cfg: RunConfig) -> tuple[MemoryPlan, Architecture, TrainingShape] | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from poetry_sft.config.schema import RunConfig
+from poetry_sft.data.prompts import example_request
 from poetry_sft.run import artifacts
 
 CARD_FILE = "README.md"
@@ -48,7 +49,7 @@ def card_text(run_dir: Path, cfg: RunConfig, kind: str = "adapter", gguf_file: s
         tags=tags,
         datasets=[cfg.data.path] if "/" in cfg.data.path and not Path(cfg.data.path).exists() else None,
     )
-    prompt = _example_prompt(cfg)
+    prompt = example_request(cfg.data)
     body = f"""
 # {cfg.model.name} · {cfg.method.name} · 古典诗词 / classical Chinese poet
 
@@ -139,17 +140,6 @@ def _adapter(cfg: RunConfig) -> str:
     if not cfg.method.uses_adapter:
         return ""
     return f", r={cfg.method.r}, alpha={cfg.method.lora_alpha}, targets={list(cfg.method.target_modules)}"
-
-
-def _example_prompt(cfg: RunConfig) -> str:
-    from poetry_sft.config.templates import PROMPT_SUBJECT, prompt_template
-
-    subjects = {"title": "春夜喜雨", "first_line": "好雨知时节，", "keywords": "明月、孤舟"}
-    subject = PROMPT_SUBJECT[cfg.data.prompt_style]
-    try:
-        return prompt_template(cfg.data).format(form="五言绝句", **{subject: subjects[subject]})
-    except KeyError:  # a custom template naming {author}/{dynasty}
-        return "以《春夜喜雨》为题，写一首古诗。"
 
 
 def _data_line(report: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from poetry_sft import atomic
 from poetry_sft.config.schema import RunConfig
+from poetry_sft.data.prompts import example_request
 from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError, command, is_disk_full
 from poetry_sft.run import artifacts
 from poetry_sft.run.model_card import write_card
@@ -329,20 +330,23 @@ def modelfile(gguf_name: str, cfg: RunConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def example_prompt(cfg: RunConfig) -> str:
-    from poetry_sft.config.templates import PROMPT_SUBJECT, prompt_template
+def _hint_note(cfg: RunConfig) -> str:
+    """How to ask a rhyme-aware run (data.rhyme_hint) for a rhyme group, where our generate does it itself."""
+    if not cfg.data.rhyme_hint:
+        return ""
+    from poetry_sft.poetry.rhyme_hint import level_group_labels
 
-    subject = {"title": "春夜喜雨", "first_line": "好雨知时节，", "keywords": "明月、孤舟"}
-    fields = {PROMPT_SUBJECT[cfg.data.prompt_style]: subject[PROMPT_SUBJECT[cfg.data.prompt_style]]}
-    try:
-        return prompt_template(cfg.data).format(form="五言绝句", **fields)
-    except KeyError:  # a custom template with {author}/{dynasty}
-        return "以《春夜喜雨》为题，写一首古诗。"
+    return (
+        "\nIt was trained with rhyme-aware prompts: end the request with 「押<韵部>韵，韵脚可用："
+        "<a few characters of that group>。」, as above. The level-tone groups: "
+        + "、".join(level_group_labels())
+        + "; each group's commonest rhyme characters are in poetry_sft/poetry/rhyme_chars.json.\n"
+    )
 
 
 def export_readme(gguf_name: str, cfg: RunConfig, quant: str) -> str:
     sampling = cfg.generation
-    prompt = example_prompt(cfg)
+    prompt = example_request(cfg.data)
     f16_name, q4_name = (gguf_name.replace(f"-{quant}.gguf", f"-{q}.gguf") for q in ("f16", "Q4_K_M"))
     flags = (
         f"--temp {sampling.temperature} --top-p {sampling.top_p} --top-k {sampling.top_k} "
@@ -354,7 +358,7 @@ def export_readme(gguf_name: str, cfg: RunConfig, quant: str) -> str:
 eos `<|im_end|>` and the run's sampling defaults. Ask with the prompt it was trained on:
 
     {prompt}
-
+{_hint_note(cfg)}
 ### Ollama
 
     ollama create poet -f {MODELFILE}

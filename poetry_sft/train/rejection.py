@@ -102,9 +102,8 @@ def sample(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     poems = []
     for form, titles in _forms_for(subjects, cfg.stage.constrain).items():
         if form is not None:
-            budget = max(
-                sampling.max_new_tokens, FORM_TABLE[form].lines * (FORM_TABLE[form].chars_per_line + 1) + 1
-            )
+            shape = FORM_TABLE[form]  # its characters, punctuation and line breaks, then the end token
+            budget = max(sampling.max_new_tokens, shape.lines * (shape.chars_per_line + 2) + 1)
             asked = dataclasses.replace(sampling, form=form, rhyme=True, max_new_tokens=budget)
         else:
             asked = sampling
