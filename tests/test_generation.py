@@ -391,3 +391,93 @@ def test_generate_flags_come_from_the_sampling_settings():
     assert sampling.penalize_punctuation is False and sampling.top_k == 7 and sampling.temperature == 0.8
     flagged = {action.dest for action in generate._parser()._actions}
     assert {"rhyme_group", "couplet_newline", "seed"} <= flagged, "settings added since get their flags"
+
+
+# ---------------------------------------------------------------------------------------------
+# Best-of-N and rhyme-aware prompts
+
+
+def test_best_of_n_samples_every_candidate_in_one_generate_call_and_keeps_the_critics_pick(
+    full_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    model, tokenizer, cfg = load_run(full_run)
+    calls: list[int] = []
+    real = type(model).generate
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs["generation_config"].num_return_sequences)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", counting)
+    poems = generate_poems(model, tokenizer, TITLES, cfg.data, cfg.generation, best_of=8)
+    assert calls == [8]  # both titles, eight poems each: one batch, not sixteen calls
+    for poem in poems:
+        assert poem.candidates and len(poem.candidates) == 8
+        scores = [candidate["score"] for candidate in poem.candidates]
+        assert scores == sorted(scores, reverse=True) and poem.score == scores[0]
+        assert poem.content == poem.candidates[0]["content"] and set(poem.parts) == set(WEIGHT_NAMES)
+    monkeypatch.undo()
+    records = run_generate(tmp_path, str(full_run), "--title", "静夜思", "--best-of", "3")
+    assert len(records[0]["candidates"]) == 3  # the command records every candidate with its score
+    scored = json.loads(json.dumps(score.score_file(sorted(tmp_path.glob("poems*.jsonl"))[0])))
+    assert scored["critic_score"] == pytest.approx(records[0]["score"], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--best-of", "0"], "sampling.best_of=0 must be at least 1"),
+        (["--best-of", "4", "--greedy"], "needs sampling"),
+        (["--rhyme-group", "七阳"], "rhyme_group needs sampling.form"),  # a plain run has no hint to fill
+        (["--form", "五言绝句", "--rhyme-group", "七羊"], "no group matches"),
+    ],
+)
+def test_bad_best_of_and_rhyme_requests_are_refused_before_the_model_loads(
+    full_run: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str], monkeypatch
+):
+    monkeypatch.setattr(generate, "load_run", lambda *a, **k: pytest.fail("loaded the model"))
+    assert generate.main([str(full_run), "--title", "登高", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def hinted_run(poems_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained with rhyme-aware prompts (data.rhyme_hint)."""
+    return _train("full", poems_path, tmp_path_factory.mktemp("runs") / "hinted", ["data.rhyme_hint=true"])
+
+
+def test_rhyme_aware_prompts_train_and_generate_with_the_same_hint(
+    hinted_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from poetry_sft.data.prompts import make_formatting_func, user_and_completion
+    from poetry_sft.poetry.rhyme_hint import common_rhyme_chars
+
+    model, tokenizer, cfg = load_run(hinted_run)
+    # training: the poem's own group and rhyme characters, among others of the group
+    row = {"title": "静夜思", "content": POEMS[0]["content"]}
+    user, _ = user_and_completion("以《{title}》为题，写一首古诗。", cfg.data.prompt_style, row, hint_count=5)
+    assert user.startswith("以《静夜思》为题，写一首古诗。押七阳韵，韵脚可用：")
+    listed = user.split("韵脚可用：")[1].rstrip("。").split("、")
+    assert {"霜", "乡", "光"} <= set(listed) and len(listed) == 5  # 光 rhymes too: 首句入韵
+    assert make_formatting_func(cfg.data)(row)["prompt"][-1]["content"] == user
+    no_rhyme = {"title": "春晓", "content": POEMS[2]["content"]}  # 晓/鸟/少: an oblique rhyme, no hint
+    assert (
+        "押"
+        not in user_and_completion("以《{title}》为题。", cfg.data.prompt_style, no_rhyme, hint_count=5)[0]
+    )
+    # generation: the asked group and its commonest characters, recorded with the poem and scored
+    prompt = generation_prompt(tokenizer, cfg.data, "登高", rhyme_group="七阳")
+    hint = prompt.split("韵脚可用：")[1].split("。")[0].split("、")
+    assert "押七阳韵" in prompt and set(hint) <= set(common_rhyme_chars("下平聲七陽")[:15]) and len(hint) == 5
+    records = run_generate(tmp_path, str(hinted_run), "--title", "登高", "--rhyme-group", "阳")
+    assert records[0]["rhyme_group"] == "下平聲七陽"
+    default = run_generate(tmp_path, str(hinted_run), "--title", "登高", "--title", "江雪")
+    assert all(r["rhyme_group"] for r in default)  # a group picked per title when none is asked for
+    assert (
+        json.loads(json.dumps(score.score_file(sorted(tmp_path.glob("poems*.jsonl"))[-1])))[
+            "asked_rhyme_rate"
+        ]
+        is not None
+    )
+    assert generate.main([str(hinted_run), "--title", "登高", "--rhyme-group", "一董"]) == 2
+    assert "oblique-tone (仄) group" in capsys.readouterr().err  # a hint asks for the level rhymes

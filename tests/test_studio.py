@@ -201,6 +201,22 @@ def test_poems_are_written_in_the_form_asked_for_with_the_model_loaded_once(demo
     assert studio.loads == 2  # the fine-tuned model and the base, each once
 
 
+def test_best_of_n_keeps_the_critics_pick_and_shows_every_candidate_with_its_score(demo_runs: Path):
+    studio = Studio(demo_runs)
+    poem = list(studio.write("demo", "春夜喜雨", best_of=4))[-1].poems[0]
+    assert poem.candidates and len(poem.candidates) == 4
+    scores = [c["score"] for c in poem.candidates]
+    assert scores == sorted(scores, reverse=True) and poem.score == scores[0]
+    assert poem.content == poem.candidates[0]["content"]
+    assert "择优 best of 4" in poem.html and poem.html.count("<li><b>") == 4
+    plain = list(studio.write("demo", "春夜喜雨"))[-1].poems[0]
+    assert plain.candidates is None and "critic score" in plain.html and "候选" not in plain.html
+    for bad, message in ((0, "best of 0"), (17, "best of 17"), (4, "needs sampling")):
+        temperature = 0 if message == "needs sampling" else 0.8
+        with pytest.raises(StudioError, match=message):
+            list(studio.write("demo", "春夜喜雨", best_of=bad, temperature=temperature))
+
+
 def test_eight_concurrent_requests_each_get_their_own_poem(demo_runs: Path):
     studio = Studio(demo_runs)
     requests = [("春夜喜雨", 0), ("登高", 1), ("静夜思", 2), ("江雪", 3)] * 2
