@@ -3,7 +3,8 @@
     python -m bench.bench_metrics [--data ../shared/data/poems.parquet] [--sample 2000] [--seed 0]
 
 Takes a seeded sample of real 绝句/律诗 from the corpus and scores it, the same poems with their
-characters shuffled, with the last line removed, and random characters in the same layout. Copy
+characters shuffled, with the last line removed, and random characters in the same layout (the prosody
+critic's mean score too, at its default weights, each poem judged against its real form). Copy
 rates are against every other poem of the corpus (the held-out sample's own rows excluded; the
 corpus has exact duplicates, so real poems do not score zero).
 """
@@ -11,6 +12,7 @@ corpus has exact duplicates, so real poems do not score zero).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import time
@@ -18,6 +20,7 @@ import unicodedata
 from pathlib import Path
 
 from poetry_sft import poetry
+from poetry_sft.config.schema import CriticConfig
 from poetry_sft.poetry.copying import CopyIndex
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "poems.parquet"
@@ -30,6 +33,7 @@ COLUMNS = {
     "distinct_2": "dist-2",
     "ngram_copy_rate": "7-gram copy",
     "line_copy_rate": "line copy",
+    "critic_score": "critic",
 }
 
 
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     index = CopyIndex(corpus.drop(corpus.index[held_out]).tolist())
 
     pool = [char for poem in poems for char in poem if poetry.is_han(char)]
+    weights = dataclasses.asdict(CriticConfig())  # the prosody critic at its default weights
     # name -> (poems, the form each was "asked" to be: the real poem's form)
     rows = {
         "real": (poems, forms),
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(poems)} 绝句/律诗 (seed {args.seed}) held out of {len(corpus):,} poems in {args.data.name}")
     print(" " * 20 + "".join(f"{title:>12}" for title in COLUMNS.values()))
     for name, (row_poems, row_forms) in rows.items():
-        scores = poetry.score_poems(row_poems, row_forms, reference=index)
+        scores = poetry.score_poems(row_poems, row_forms, reference=index, critic_weights=weights)
         cells = ("—" if scores[key] is None else f"{scores[key]:.3f}" for key in COLUMNS)
         label = f"{name} ({len(row_poems)})" if name.startswith("real ") else name
         print(ljust(label, 20) + "".join(f"{cell:>12}" for cell in cells))

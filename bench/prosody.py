@@ -2,6 +2,15 @@
 
     python -m bench.prosody runs/demo runs/demo_hint [--best-of 1 4 8 16] [--seeds 0 1] \\
         [--titles bench/unseen_titles.txt] [--out bench/results/prosody.json]
+    python -m bench.prosody --train runs/prosody [--best-of 1 8]    # train the six runs below, then measure
+
+--train DIR trains (or, where a run finished already, keeps) the demo and its stages with the recipes'
+defaults, plain and with rhyme-aware prompts, one after the other, and measures them all:
+
+    DIR/demo        poetry-sft train recipe=demo
+    DIR/demo_hint   poetry-sft train recipe=demo data.rhyme_hint=true
+    DIR/rs, rs_hint poetry-sft train recipe=demo_rs init_run=DIR/demo (DIR/demo_hint)
+    DIR/grpo, ...   poetry-sft train recipe=demo_grpo init_run=DIR/demo (DIR/demo_hint)
 
 For every run and every N of --best-of, each title gets one poem per seed (the critic's best of N
 samples when N > 1, all N from one generate() call), written with the run's generation settings and
@@ -14,6 +23,8 @@ lines all rhyme in that group. Printed as a Markdown table (and written as JSON)
     asked      asked_rhyme_rate (rhyme-aware runs only)
     tones      tone_compliance of the regulated poems
     distinct-2 distinct character pairs over all poems
+    rhyme chars distinct characters at the rhyme slots (even-line ends) / all of them: near 0 when every
+                poem rhymes on the same pair
     eos        the share that stopped at the end token
     critic     the mean prosody critic score
 
@@ -39,6 +50,7 @@ COLUMNS = (
     ("asked", "asked_rhyme_rate"),
     ("tones", "tone_compliance"),
     ("distinct-2", "distinct_2"),
+    ("rhyme chars", "distinct_finals"),
     ("eos", "eos_termination_rate"),
     ("critic", "critic_score"),
 )
@@ -117,14 +129,47 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, rule, *map(_row, rows)])
 
 
+def train_runs(root: Path) -> list[Path]:
+    """The six runs of --train, each trained by the command a user types (skipped where finished)."""
+    import os
+    import subprocess
+    import sys
+
+    from poetry_sft.run.artifacts import is_finished
+
+    plans = {
+        "demo": ["recipe=demo"],
+        "demo_hint": ["recipe=demo", "data.rhyme_hint=true"],
+        "rs": ["recipe=demo_rs", f"init_run={root / 'demo'}"],
+        "rs_hint": ["recipe=demo_rs", f"init_run={root / 'demo_hint'}"],
+        "grpo": ["recipe=demo_grpo", f"init_run={root / 'demo'}"],
+        "grpo_hint": ["recipe=demo_grpo", f"init_run={root / 'demo_hint'}"],
+    }
+    for name, overrides in plans.items():
+        run_dir = root / name
+        if is_finished(run_dir):
+            continue
+        command = [sys.executable, "-m", "poetry_sft", "train", *overrides, f"run_dir={run_dir}"]
+        print("$", " ".join(command[1:]), flush=True)
+        started = time.perf_counter()
+        subprocess.run(command, check=True, env=os.environ, stdout=subprocess.DEVNULL)
+        print(f"  {time.perf_counter() - started:.0f} s", flush=True)
+    return [root / name for name in plans]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories")
+    parser.add_argument("runs", nargs="*", type=Path, help="finished run directories")
+    parser.add_argument("--train", type=Path, help="train the demo and its stages into this folder first")
     parser.add_argument("--titles", type=Path, default=TITLES)
     parser.add_argument("--best-of", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, help="write every row (and every seed's scores) as JSON")
     args = parser.parse_args()
+    if args.train:
+        args.runs += train_runs(args.train)
+    if not args.runs:
+        parser.error("give run directories, or --train DIR")
     titles = read_titles(args.titles)
     print(f"{len(titles)} unseen titles x {len(args.seeds)} seeds, unconstrained, each run's own settings\n")
     print(table([]))
@@ -134,7 +179,9 @@ def main() -> None:
         rows += measure(run_dir, titles, args.best_of, args.seeds)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"command": "python -m bench.prosody " + " ".join(map(str, args.runs)), "rows": rows}
+        import sys
+
+        payload = {"command": "python -m bench.prosody " + " ".join(sys.argv[1:]), "rows": rows}
         args.out.write_text(json.dumps(payload, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         print(f"\nwrote {args.out}")
 

@@ -303,6 +303,9 @@ class StageConfig:
     max_completion_length: int = 96
     temperature: float = 1.0
     beta: float = 0.0
+    # grpo: a reward (this weight) for rhyme characters the other poems of a title's group do not use. The
+    # critic judges poems one by one, so a policy can rhyme them all on one pair: the demo's did (年/眠).
+    rhyme_variety: float = 0.0
 
 
 @dataclass

@@ -39,6 +39,7 @@ TABLE_METRICS = (
     "tone_compliance",
     "tone_pass_rate",
     "distinct_2",
+    "distinct_finals",
     "repeated_line_rate",
     "eos_termination_rate",
     "think_leak_rate",

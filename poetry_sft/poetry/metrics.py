@@ -43,6 +43,14 @@ def distinct_n(poems: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def distinct_finals(poems: Sequence[str]) -> float:
+    """Distinct characters among the even lines' last characters (the rhyme slots) / all of them, over the
+    whole set. Low means every poem rhymes on the same few characters: a model (or a reward) that found one
+    rhyme and uses it everywhere scores near 0 however well each poem rhymes."""
+    finals = [line[-1] for poem in poems for line in split_lines(poem)[1::2]]
+    return len(set(finals)) / len(finals) if finals else 0.0
+
+
 def repeated_line_rate(poems: Sequence[str]) -> float:
     """Fraction of lines that repeat an earlier line of the same poem (the looping failure)."""
     repeats = total = 0
@@ -151,6 +159,7 @@ def score_poems(
         "san_ping_wei_rate": _mean([bool(r.san_ping_wei_lines) for r in tones]),
         "distinct_1": distinct_n(answers, 1) if answers else None,
         "distinct_2": distinct_n(answers, 2) if answers else None,
+        "distinct_finals": distinct_finals(answers) if answers else None,
         "repeated_line_rate": repeated_line_rate(answers) if answers else None,
         "think_leak_rate": think_leak_rate(poems) if poems else None,
         "non_chinese_rate": non_chinese_rate(answers) if answers else None,

@@ -108,7 +108,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> GRPOTrainer:
     dataset = prompts_dataset(cfg, tokenizer)
     think_ids = token_ids(tokenizer, THINK_TOKENS)  # a poem never needs them (as in generate)
     eos = [tokenizer.eos_token_id]
-    functions, weights = reward_functions(_weights(cfg), cfg.generation.form, eos)
+    functions, weights = reward_functions(_weights(cfg), cfg.generation.form, eos, cfg.stage.rhyme_variety)
     model, adapter = load_for_training(cfg, model_path, artifacts.init_adapter_dir(cfg))
     trainer = GRPOTrainer(
         model=model,

@@ -16,13 +16,30 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from poetry_sft.poetry.critic import PENALTIES, WEIGHT_NAMES, Critique, critique
+from poetry_sft.poetry.critic import PENALTIES, WEIGHT_NAMES, Critique, critique, even_line_finals
 
 RewardFunction = Callable[..., list[float | None]]  # GRPOTrainer's type (None: no reward)
 
 
+def rhyme_variety(completions: list[str], prompts: list[Any], **_: Any) -> list[float | None]:
+    """The share of a poem's rhyme characters (even-line finals) that the other poems of its group (the same
+    prompt) do not end on. The critic judges one poem; this judges it beside its siblings, because a policy
+    can rhyme every poem with the same pair: without it the demo's GRPO ended all its poems on 年/眠."""
+    finals = [set(even_line_finals(text)) for text in completions]
+    groups: dict[str, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(str(prompt), []).append(index)
+    rewards: list[float | None] = []
+    for index, prompt in enumerate(prompts):
+        siblings = [finals[j] for j in groups[str(prompt)] if j != index]
+        used_elsewhere = set().union(*siblings) if siblings else set()
+        mine = finals[index]
+        rewards.append(len(mine - used_elsewhere) / len(mine) if mine else 0.0)
+    return rewards
+
+
 def reward_functions(
-    weights: dict[str, float], form: str | None, eos_token_ids: Sequence[int]
+    weights: dict[str, float], form: str | None, eos_token_ids: Sequence[int], variety: float = 0.0
 ) -> tuple[list[RewardFunction], list[float]]:
     """(reward functions, their weights) for GRPOTrainer: the critic's parts with a weight > 0.
 
@@ -54,4 +71,8 @@ def reward_functions(
 
     names = [name for name in WEIGHT_NAMES if weights[name] > 0]
     signed = [-weights[name] if name in PENALTIES else weights[name] for name in names]
-    return [make(name) for name in names], signed
+    functions = [make(name) for name in names]
+    if variety > 0:  # stage.rhyme_variety
+        functions.append(rhyme_variety)
+        signed.append(variety)
+    return functions, signed
