@@ -171,7 +171,7 @@ class HardwareConfig:
     # On a bigger GPU, cap this process's CUDA allocator at vram_gib so the run behaves like that card
     # (benchmarks, and checking a profile before you buy/borrow the card). No effect on CPU.
     emulate_budget: bool = False
-    # The memory plan (poetry_sft/model/plan.py) refuses a run it predicts will not fit vram_gib; true: try anyway.
+    # The memory plan (model/plan.py) refuses a run it predicts will not fit vram_gib; true: try anyway.
     allow_over_budget: bool = False
 
 
@@ -458,6 +458,52 @@ def key_problem(key: str) -> str | None:
             f"  Fix: use one of {where}'s keys: {', '.join(sorted(fields))}"
         )
     return None
+
+
+def key_is_section(key: str) -> bool:
+    """Whether the dotted key names a section of the schema (train, model.random_init), not a value."""
+    schema: Any = RunConfig
+    for part in key.split("."):
+        schema = _field_types(schema).get(part) if dataclasses.is_dataclass(schema) else None
+    return dataclasses.is_dataclass(schema)
+
+
+def key_type_name(key: str) -> str | None:
+    """What the schema's dotted key takes, in words (`an integer`, `one of all, adapter`); None: not ours."""
+    schema: Any = RunConfig
+    *sections, name = key.split(".")
+    for part in sections:
+        schema = _field_types(schema).get(part) if dataclasses.is_dataclass(schema) else None
+    hint = _field_types(schema).get(name) if dataclasses.is_dataclass(schema) else None
+    if hint is None:
+        return None
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return "one of " + ", ".join(str(m.value) for m in hint)
+    if dataclasses.is_dataclass(hint):
+        return f"its own keys ({key}.<key>=value)"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+    if hint in names:
+        return names[hint]
+    return "a list, [a,b]" if typing.get_origin(hint) is list else "a mapping" if hint is dict else None
+
+
+def schema_default(key: str) -> str | None:
+    """The schema's default of a dotted key, as an override value (None: required, or not a plain value)."""
+    schema: Any = RunConfig
+    *sections, name = key.split(".")
+    for part in sections:
+        schema = _field_types(schema).get(part) if dataclasses.is_dataclass(schema) else None
+    if not dataclasses.is_dataclass(schema):
+        return None
+    found = {f.name: f for f in dataclasses.fields(schema)}.get(name)
+    if found is None or found.default in (MISSING, dataclasses.MISSING, ""):
+        return None
+    value = found.default
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value) if isinstance(value, (int, float, str)) else None
 
 
 def schema_problems(cfg: DictConfig) -> list[str]:

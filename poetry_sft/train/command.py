@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft.config.checks import to_run_config
-from poetry_sft.config.compose import override_problems, register_recipes
+from poetry_sft.config.compose import (
+    FLAGS_WITH_VALUE,
+    hydra_error_message,
+    is_hydra_user_error,
+    override_problems,
+    register_recipes,
+)
 from poetry_sft.config.schema import register_configs
 from poetry_sft.errors import ERROR_PREFIX, ConfigError, PoetrySFTError, print_error
 from poetry_sft.model.doctor import check_environment
@@ -59,6 +68,24 @@ class PreflightCallback(Callback):
         except PoetrySFTError as err:
             _abandon_run_dir()
             _exit_with(err)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            _check_launcher(config)
+        except PoetrySFTError as err:
+            _exit_with(err)
+
+
+def _check_launcher(config: DictConfig) -> None:
+    """hydra/launcher=slurm on a machine without SLURM: said before Hydra writes the sweep directory, not as
+    submitit's traceback after."""
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if target.endswith("SlurmLauncher") and shutil.which("srun") is None:
+        raise ConfigError(
+            "hydra/launcher=slurm submits each sweep job to SLURM, and this machine has none (srun is not on "
+            "PATH).\n  Fix: run the same command on your cluster's login node (where sinfo works), or drop "
+            "hydra/launcher=slurm and hydra.launcher.* to run the sweep here, one job after another."
+        )
 
 
 def _claim_run_dir(run_dir: Path) -> None:
@@ -105,8 +132,59 @@ def _per_process_overrides(argv: list[str]) -> list[str]:
     return [*argv, "hydra.output_subdir=null", f"hydra.job.name=poetry_sft_rank{rank}"]
 
 
+# Hydra's modes: it refuses two of them with a ValueError traceback
+_MODES = {"--run": "--run", "-r": "--run", "--multirun": "--multirun", "-m": "--multirun", "--cfg": "--cfg"}
+_MODES |= {"-c": "--cfg", "--info": "--info", "-i": "--info", "--shell-completion": "--shell-completion"}
+_MODES |= {"-sc": "--shell-completion"}
+
+
+def _mode_problems(argv: list[str]) -> list[str]:
+    modes = sorted({_MODES[arg] for arg in argv if arg in _MODES})
+    if len(modes) < 2:
+        return []
+    fix = (
+        "drop --cfg to launch the sweep, or -m to print the config"
+        if modes == ["--cfg", "--multirun"]
+        else ""
+    )
+    return [
+        f"{' and '.join(modes)} are two modes of the train command; Hydra runs one at a time.\n"
+        f"  Fix: {fix or 'keep one of them'} (poetry-sft train --help)"
+    ]
+
+
+def _flags_first(argv: list[str]) -> list[str]:
+    """Hydra's argparse takes its flags only before the overrides (`method=lora --cfg job hardware=4gb`
+    fails there as `unrecognized arguments`); users write them anywhere."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    takes_value = False
+    for arg in argv:
+        if takes_value or arg.startswith("-"):
+            flags.append(arg)
+            takes_value = not takes_value and arg in FLAGS_WITH_VALUE
+        else:
+            overrides.append(arg)
+    return flags + overrides
+
+
 def _exit_with(err: PoetrySFTError) -> None:
     sys.exit(print_error(err))
+
+
+@contextlib.contextmanager
+def _hydra_errors_raised() -> Iterator[None]:
+    """Hydra prints its own refusals (a type error, an option of hydra/sweeper that does not exist) and exits
+    1; raised instead, they leave as every user error does: our prefix, a fix, exit 2. A user who set
+    HYDRA_FULL_ERROR=1 gets the traceback instead."""
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        yield
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -149,10 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     register_configs()
     register_recipes()
     register_resolvers()
-    if problems := override_problems(argv):  # before Hydra, whose messages name no fix
+    # Before Hydra, whose messages name no fix
+    if problems := [*_mode_problems(argv), *override_problems(argv)]:
         return print_error(ConfigError("\n".join(problems)))
-    sys.argv = [sys.argv[0], *_per_process_overrides(argv)]  # @hydra.main reads sys.argv
-    _run()
+    sys.argv = [sys.argv[0], *_flags_first(_per_process_overrides(argv))]  # @hydra.main reads sys.argv
+    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))  # the user asked for Hydra's own report
+    try:
+        with _hydra_errors_raised():
+            _run()
+    except Exception as err:
+        if full_error or not is_hydra_user_error(err):
+            raise  # a crash: its traceback is the report
+        return print_error(ConfigError(hydra_error_message(err)))
     from poetry_sft.train.sweep_report import sweep_failure
 
     if failure := sweep_failure():  # after a multirun wrote its summary: scripts and make must notice
