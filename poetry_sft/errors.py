@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import sys
+from pathlib import Path
 from typing import Protocol
 
 
@@ -32,6 +33,10 @@ class DataFileError(PoetrySFTError):
 
 class DiskFullError(PoetrySFTError):
     """The disk filled up while a run saved a checkpoint or its model."""
+
+
+class TrainingDivergedError(PoetrySFTError):
+    """The loss became NaN or infinite: the run stops, unfinished, at the last good checkpoint."""
 
 
 class ResourceNotFoundError(PoetrySFTError):
@@ -67,13 +72,46 @@ def command(main: Main) -> Main:
 _DISK_FULL = ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded", "QuotaExceeded")
 
 
-def is_disk_full(err: BaseException) -> bool:
-    """Whether `err` (or what caused it) means the disk or the user's quota is full."""
+# torch.save's C++ zip writer reports a failed write without its errno ("[enforce fail at inline_container.cc]
+# unexpected pos", "PytorchStreamWriter failed writing file"): a full disk is then told by the free space left
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed writing", "inline_container.cc")
+
+
+def is_disk_full(err: BaseException, where: Path | None = None) -> bool:
+    """Whether `err` (or what caused it) means the disk or the user's quota is full. `where`: the folder
+    being written, for the errors that name no cause (torch.save's)."""
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if any(marker in str(seen) for marker in _DISK_FULL):
+            return True
+        if where is not None and any(marker in str(seen) for marker in _TORCH_WRITE_FAILED):
+            return _nearly_full(where)
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _nearly_full(where: Path) -> bool:
+    """Under 64 MiB (or 1% of the disk) left to this user where `where` is, or on its nearest parent."""
+    import shutil
+
+    path = where
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    usage = shutil.disk_usage(path)
+    return usage.free < max(64 * 2**20, usage.total // 100)
+
+
+# What a folder one may not write to raises: permissions, a read-only disk or mount
+CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def is_unwritable(err: BaseException) -> bool:
+    """Whether `err` (or what caused it) says a folder cannot be written: permissions, a read-only disk."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in CANNOT_WRITE:
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -301,6 +301,11 @@ def rule_problems(cfg: RunConfig) -> list[str]:
             problems.append(f"{key}={value} must be a positive number")
 
     positive("method.learning_rate", cfg.method.learning_rate)
+    if cfg.method.learning_rate > 1:  # every weight would move by more than its own size: NaN in a few steps
+        problems.append(
+            f"method.learning_rate={cfg.method.learning_rate:g} must be at most 1 (useful ones: 5e-5 to 5e-4 "
+            "for adapters, 1e-5 to 5e-5 for full fine-tuning); the loss would turn NaN within a few steps"
+        )
     positive("hardware.per_device_train_batch_size", cfg.hardware.per_device_train_batch_size)
     positive("hardware.gradient_accumulation_steps", cfg.hardware.gradient_accumulation_steps)
     positive("hardware.max_length", cfg.hardware.max_length)

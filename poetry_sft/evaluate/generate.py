@@ -23,7 +23,7 @@ from poetry_sft.config.checks import sampling_problems
 from poetry_sft.config.schema import DataConfig, PromptStyle, RunConfig, SamplingConfig
 from poetry_sft.data import datafiles
 from poetry_sft.data.prompts import generation_prompt, refuse_control_tokens
-from poetry_sft.errors import ConfigError, RunDirError, command
+from poetry_sft.errors import ConfigError, command
 from poetry_sft.model.loading import load_tokenizer, resolve_model_path, resolve_precision
 from poetry_sft.poetry import FORMS, THINK_CLOSE, THINK_OPEN
 from poetry_sft.run import artifacts
@@ -99,7 +99,7 @@ def load_run(
     cfg = artifacts.load_run_config(run_dir)
     model_dir = run_dir / artifacts.MODEL_DIR
     if not model_dir.is_dir():
-        raise RunDirError(f"{run_dir} has no {artifacts.MODEL_DIR}/: the run did not finish saving")
+        raise artifacts.unfinished_error(run_dir)
     tokenizer = load_tokenizer(str(model_dir))
     if base:
         return load_base(cfg, dequantized_base), tokenizer, cfg

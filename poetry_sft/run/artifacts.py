@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft.config.checks import validate
 from poetry_sft.config.schema import RunConfig
-from poetry_sft.errors import RunDirError
+from poetry_sft.errors import ConfigError, DiskFullError, PoetrySFTError, RunDirError, is_disk_full
 from poetry_sft.run.lock import LOCK_FILE, RunLock
 
 CONFIG_FILE = "config.yaml"
@@ -109,6 +109,26 @@ def ensure_usable_run_dir(run_dir: Path) -> None:
             f"write its {CONFIG_FILE}, model/ and checkpoints/ among those files, so nothing was written.\n"
             "  Fix: name a new or empty directory, run_dir=runs/<new-name>."
         )
+
+
+def cannot_write_error(run_dir: Path, err: BaseException) -> PoetrySFTError:
+    """A run directory that cannot be created or written (permissions, a read-only or full disk), before
+    anything was trained: one message instead of a traceback from mkdir, the lock or Hydra's log file."""
+    existing = run_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    why = getattr(err, "strerror", None) or str(err)
+    if is_disk_full(err):
+        return DiskFullError(
+            f"no space left on the disk of {existing} to start a run in {run_dir} ({why}).\n"
+            "  Fix: free space on that disk, or train on one with room: run_dir=<path there>."
+        )
+    return RunDirError(
+        f"cannot write to {run_dir} ({why}): a run writes its config, log, checkpoints and model there, and "
+        f"{existing} is read-only or not yours to write.\n"
+        f"  Fix: train into a folder you can write, run_dir=runs/<new-name>, or make {existing} writable "
+        f"(ls -ld {existing})."
+    )
 
 
 class RunDirClaim:
@@ -380,6 +400,48 @@ def _saved_config(path: Path) -> Any:
 
 def read_run_config(path: Path) -> RunConfig:
     """A saved RunConfig: a run's config.yaml, or the RUN_CONFIG_IN_MODEL copy a merged model carries."""
-    cfg = OmegaConf.to_object(_saved_config(path))
-    assert isinstance(cfg, RunConfig)
-    return validate(cfg)
+    try:
+        cfg = OmegaConf.to_object(_saved_config(path))
+    except Exception as err:  # not YAML, cut off, edited by hand: a message, not a parser's traceback
+        raise damaged_config_error(path, err) from err
+    if not isinstance(cfg, RunConfig):
+        raise damaged_config_error(path, TypeError(f"it holds {type(cfg).__name__}, not a run's settings"))
+    try:
+        return validate(cfg)
+    except ConfigError as err:  # readable, but a rule refuses it (edited by hand, or a rule added since)
+        problems = " ".join(line.strip(" -") for line in str(err).splitlines()[1:] if "Fix:" not in line)
+        raise RunDirError(
+            f"{path} holds settings this version refuses: {problems}\n"
+            "  Fix: correct that value in it (if it was edited by hand), or train the run again with valid "
+            "settings."
+        ) from err
+
+
+def damaged_config_error(path: Path, err: BaseException) -> RunDirError:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and "Fix:" not in line]
+    lines = [line for line in lines if not line.startswith(("full_key:", "object_type", "reference_type"))]
+    why = " ".join(lines)[:300] or type(err).__name__
+    hydra_copy = path.parent / ".hydra" / CONFIG_FILE
+    restore = (
+        f"restore it from a backup, or compare it with {hydra_copy} (Hydra's copy of the settings the run "
+        "was composed from)"
+        if hydra_copy.is_file()
+        else "restore it from a backup or a copy of the run"
+    )
+    return RunDirError(
+        f"{path} is damaged and cannot be read as a run's settings ({why}); the model is not loaded "
+        "without them, since the prompts it was trained on are among them.\n"
+        f"  Fix: {restore}; the other files of the run are untouched."
+    )
+
+
+def unfinished_error(run_dir: Path) -> RunDirError:
+    """A run directory whose training did not end: no model/ or metrics.json to use."""
+    log_file = next(iter(sorted(run_dir.glob("*.log"))), None)
+    why = f" ({log_file} says why)" if log_file else ""
+    return RunDirError(
+        f"{run_dir} holds no finished run: its training was interrupted, diverged or failed{why}, so it has "
+        f"no {MODEL_DIR}/ and no {METRICS_FILE}.\n  Fix: resume it with the same train command and "
+        f"run_dir={run_dir} (it continues from its last checkpoint), or pick a finished run (one with "
+        f"{METRICS_FILE})."
+    )

@@ -101,6 +101,8 @@ def export_run(run_dir: Path, fmt: str = "gguf", quant: str = "f16", out: Path |
     """Merge (if needed) and write the GGUF, Modelfile and README into `out`, all or nothing."""
     check_request(fmt, quant)
     if not artifacts.is_finished(run_dir):
+        if artifacts.is_run_dir(run_dir):
+            raise artifacts.unfinished_error(run_dir)
         raise RunDirError(
             f"{run_dir} is not a finished run ({artifacts.METRICS_FILE} is missing): only a run that "
             "finished training is exported. Fix: let it finish (the same command resumes it), or pick a "

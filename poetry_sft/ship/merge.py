@@ -97,6 +97,8 @@ def merged_model(run_dir: Path, compare: bool = True) -> tuple[Any, Any, RunConf
         if (model_dir / "config.json").is_file():
             model, tokenizer, cfg = load_run(run_dir)
             return model, tokenizer, cfg, None
+        if not model_dir.is_dir() and artifacts.is_run_dir(run_dir):
+            raise artifacts.unfinished_error(run_dir)
         raise RunDirError(f"{run_dir} has no saved adapter ({artifacts.MODEL_DIR}/adapter_config.json)")
     model, tokenizer, cfg = load_run(run_dir, dequantized_base=True)
     merged = model.merge_and_unload()  # type: ignore[operator]  # a PeftModel (load_run types it as its base)

@@ -25,7 +25,12 @@ WHAT = ("adapter", "merged", "gguf")
 
 def folder_to_push(run_dir: Path, what: str) -> Path:
     if not artifacts.is_finished(run_dir):
-        raise RunDirError(f"{run_dir} is not a finished run ({artifacts.METRICS_FILE} is missing)")
+        if artifacts.is_run_dir(run_dir):
+            raise artifacts.unfinished_error(run_dir)
+        raise RunDirError(
+            f"{run_dir} is not a poetry_sft run ({artifacts.CONFIG_FILE} and {artifacts.METRICS_FILE} are "
+            "missing). Fix: name a finished run directory, runs/<run>"
+        )
     if what == "adapter":
         folder = run_dir / artifacts.MODEL_DIR
     elif what == "merged":

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,20 @@ from poetry_sft.config.compose import (
     register_recipes,
 )
 from poetry_sft.config.schema import register_configs
-from poetry_sft.errors import ERROR_PREFIX, ConfigError, PoetrySFTError, print_error
+from poetry_sft.errors import (
+    ERROR_PREFIX,
+    ConfigError,
+    PoetrySFTError,
+    is_disk_full,
+    is_unwritable,
+    print_error,
+)
 from poetry_sft.model.doctor import check_environment
 from poetry_sft.model.plan import check_budget
 from poetry_sft.paths import CONF_DIR
 from poetry_sft.run.artifacts import (
     RunDirClaim,
+    cannot_write_error,
     ensure_fresh,
     ensure_usable_run_dir,
     find_resume_checkpoint,
@@ -68,6 +77,14 @@ class PreflightCallback(Callback):
         except PoetrySFTError as err:
             _abandon_run_dir()
             _exit_with(err)
+        except Exception as err:  # Hydra would turn it into a warning and train on, unchecked and unlocked
+            _abandon_run_dir()
+            if is_hydra_user_error(err):
+                _exit_with(ConfigError(hydra_error_message(err)))
+            if is_unwritable(err) or is_disk_full(err):
+                _exit_with(cannot_write_error(Path(config.hydra.run.dir), err))
+            traceback.print_exc()
+            sys.exit(1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -168,6 +185,15 @@ def _flags_first(argv: list[str]) -> list[str]:
     return flags + overrides
 
 
+def _close_progress_bars() -> None:
+    """A run stopped mid-training leaves Trainer's progress bar open: closed at exit, it would print its
+    last state after the error, which must be the last thing on the screen."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _exit_with(err: PoetrySFTError) -> None:
     sys.exit(print_error(err))
 
@@ -210,6 +236,8 @@ def _run(cfg: DictConfig) -> float | None:
         if not training_started:
             _abandon_run_dir()
         if isinstance(err, PoetrySFTError):
+            if training_started:
+                _close_progress_bars()
             _exit_with(err)
         raise
     finally:

@@ -15,7 +15,7 @@ from poetry_sft import atomic
 from poetry_sft.config.schema import Batching, HardwareConfig, Precision, RunConfig, resolve_batching
 from poetry_sft.data.corpus import prepare_poems
 from poetry_sft.data.prompts import refuse_control_tokens
-from poetry_sft.errors import DiskFullError, is_disk_full
+from poetry_sft.errors import DiskFullError, RunDirError, is_disk_full, is_unwritable
 from poetry_sft.model.loading import (
     load_model,
     load_tokenizer,
@@ -76,6 +76,7 @@ def _our_sft_args(cfg: RunConfig, run_dir: Path, precision: Precision, cuda: boo
         dataloader_num_workers=train.dataloader_num_workers,
         include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
         report_to=train.report_to,
+        logging_nan_inf_filter=False,  # a NaN/inf loss must show: it stops the run (NonFiniteLossCallback)
     )
 
 
@@ -153,6 +154,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> SFTTrainer:
     )
     assert trainer.model is not None
     _keep_adapters_fp32(trainer.model)
+    from poetry_sft.train.callbacks import NonFiniteLossCallback
+
+    trainer.add_callback(NonFiniteLossCallback(cfg, str(resolve_precision(cfg.train.precision))))
     if cfg.generation.eval_titles:  # poems scored at each evaluation, logged beside eval_loss
         from poetry_sft.train.callbacks import PoetryEvalCallback
 
@@ -360,7 +364,13 @@ def _explain_disk_full(run_dir: Path, what: str) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        if not is_disk_full(err):
+        if is_unwritable(err):  # made read-only, or its permissions changed, while the run trained
+            raise RunDirError(
+                f"cannot write to {run_dir} while saving {what} ({err}): the folder or its disk became "
+                "read-only.\n  Fix: make it writable again and run the same command: it resumes from the "
+                "last complete checkpoint."
+            ) from err
+        if not is_disk_full(err, run_dir):
             raise
         artifacts.discard_incomplete_checkpoints(run_dir)
         if what == "the trained model":
