@@ -188,7 +188,7 @@ def _flags_first(argv: list[str]) -> list[str]:
 def _close_progress_bars() -> None:
     """A run stopped mid-training leaves Trainer's progress bar open: closed at exit, it would print its
     last state after the error, which must be the last thing on the screen."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # (a transformers dependency, untyped)
 
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
