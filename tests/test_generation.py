@@ -134,7 +134,9 @@ def test_the_rhyme_group_and_layout_of_constrained_poems_are_settings(lora_run: 
     ("args", "expected"),
     [
         (["--form", "七言律诗", "--max-new-tokens", "20"], "at least 68"),
-        (["--temperature", "0"], "temperature=0.0 must be > 0"),
+        (["--temperature", "0"], "--temperature 0.0 must be > 0 when sampling (or --greedy)"),
+        (["--max-new-tokens", "100000000"], "--max-new-tokens 100000000 is far longer than any poem"),
+        (["--top-p", "2"], "--top-p 2.0 must be in (0, 1]"),
         (["--titles-file", "missing.txt"], "no such file"),
     ],
 )

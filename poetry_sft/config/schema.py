@@ -316,7 +316,7 @@ def rule_problems(cfg: RunConfig) -> list[str]:
     for name in ("logging_steps", "eval_steps", "save_steps"):  # Trainer: 0 fails late, < 0 disables saving
         if getattr(cfg.train, name) <= 0:
             problems.append(f"train.{name}={getattr(cfg.train, name)} must be a positive number of steps")
-    if cfg.train.max_steps < -1:
+    if cfg.train.max_steps < -1 or cfg.train.max_steps == 0:  # Trainer would train one step for 0
         problems.append(f"train.max_steps={cfg.train.max_steps} must be -1 (train.num_train_epochs) or > 0")
     if cfg.train.dataloader_num_workers < 0:
         problems.append(f"train.dataloader_num_workers={cfg.train.dataloader_num_workers} must be >= 0")

@@ -360,30 +360,38 @@ def _sampling(base: SamplingConfig, args: argparse.Namespace) -> SamplingConfig:
     if args.rhyme:
         changes["rhyme"] = True
     sampling = dataclasses.replace(base, **changes)
-    problems = sampling_problems(sampling, key="sampling")
+    problems = sampling_problems(sampling, as_flags=True)
     if problems:
-        raise ConfigError("invalid sampling settings:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(
+            "invalid sampling settings:\n  - "
+            + "\n  - ".join(problems)
+            + "\n  Fix: change "
+            + ("that flag" if len(problems) == 1 else "those flags")
+            + " (poetry-sft generate --help lists them)"
+        )
     return sampling
 
 
-def _load(
-    args: argparse.Namespace,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, DataConfig, SamplingConfig]:
+def _settings(args: argparse.Namespace) -> tuple[DataConfig, SamplingConfig]:
+    """The prompt setup and sampling settings the poems are written with, read before any model loads."""
     if args.run_dir is None:
         if not args.model:
             raise ConfigError("give a run directory (runs/...) or --model NAME_OR_PATH")
         saved = Path(args.model) / artifacts.RUN_CONFIG_IN_MODEL  # a merged run: prompt as it trained
         if saved.is_file():
             cfg = artifacts.read_run_config(saved)
-            data_cfg, sampling = cfg.data, cfg.generation
-        else:  # no run: the schema's default prompt, what runs train on unless data.prompt_template is set
-            data_cfg, sampling = DataConfig(path="none"), SamplingConfig()
-        return load_model_dir(args.model), load_tokenizer(args.model), data_cfg, sampling
+            return cfg.data, cfg.generation
+        # no run: the schema's default prompt, what runs train on unless data.prompt_template is set
+        return DataConfig(path="none"), SamplingConfig()
+    cfg = artifacts.load_run_config(args.run_dir)
+    return cfg.data, cfg.generation
+
+
+def _load(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if args.model:
-        cfg = artifacts.load_run_config(args.run_dir)
-        return load_model_dir(args.model), load_tokenizer(args.model), cfg.data, cfg.generation
-    model, tokenizer, cfg = load_run(args.run_dir, base=args.base, dequantized_base=args.dequantized_base)
-    return model, tokenizer, cfg.data, cfg.generation
+        return load_model_dir(args.model), load_tokenizer(args.model)
+    model, tokenizer, _ = load_run(args.run_dir, base=args.base, dequantized_base=args.dequantized_base)
+    return model, tokenizer
 
 
 @command
@@ -397,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and args.out.exists():
         raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
     refuse_control_tokens(None, "the title", titles)  # before the model loads; generation_prompt checks again
-    model, tokenizer, data_cfg, sampling = _load(args)
-    sampling = _sampling(sampling, args)
+    data_cfg, sampling = _settings(args)
+    sampling = _sampling(sampling, args)  # the flags, checked before the model loads
+    model, tokenizer = _load(args)
     repeated = [title for title in titles for _ in range(args.per_title)]
     poems = generate_poems(model, tokenizer, repeated, data_cfg, sampling)
     for poem in poems:

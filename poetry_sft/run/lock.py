@@ -86,6 +86,8 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_FILE
         self.held = False
+        # Why a stale lock was taken over (the train command logs it once the run's log file is open)
+        self.took_over: str | None = None
 
     def acquire(self) -> None:
         for _ in range(3):  # a stale lock removed, or another process racing us for it: try again
@@ -156,4 +158,5 @@ class RunLock:
             return
         aside.unlink()
         why = f"process {owner.pid} (started {owner.started}) is no longer running" if owner else "unreadable"
-        log.warning("taking over the stale lock of %s: %s", run_dir, why)
+        self.took_over = f"took over the stale lock of {run_dir}: {why}"
+        log.debug(self.took_over)

@@ -224,6 +224,8 @@ def _run(cfg: DictConfig) -> float | None:
 
     from poetry_sft.train.sft import train
 
+    if _claim is not None and _claim.lock.took_over:  # taken at preflight, before the log file was open
+        log.warning(_claim.lock.took_over)
     training_started = False
 
     def on_training_start() -> None:
