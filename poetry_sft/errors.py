@@ -47,6 +47,7 @@ class ResourceNotFoundError(PoetrySFTError):
 # failed job's reason back from its stderr by the prefix.
 ERROR_PREFIX = "poetry_sft: error: "
 USER_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 
 def print_error(err: PoetrySFTError) -> int:
@@ -64,6 +65,9 @@ def command(main: Main) -> Main:
             return main(argv)
         except PoetrySFTError as err:
             return print_error(err)
+        except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever it was
+            print("\npoetry_sft: interrupted", file=sys.stderr)
+            return INTERRUPTED_EXIT
 
     return run
 

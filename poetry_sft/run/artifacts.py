@@ -318,6 +318,16 @@ def find_resume_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
     return complete[-1] if complete else None
 
 
+def find_newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint in `run_dir`, whatever its config (None: there is none)."""
+    complete = [
+        p
+        for p in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*")
+        if _CHECKPOINT_NAME.match(p.name) and is_complete_checkpoint(p)
+    ]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 def discard_incomplete_checkpoints(run_dir: Path) -> None:
     """Remove checkpoints a kill cut off mid-write, so Trainer's rotation never keeps one over a whole one."""
     if not is_main_process():

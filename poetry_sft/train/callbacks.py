@@ -151,17 +151,10 @@ class NonFiniteLossCallback(TrainerCallback):
             causes.append("no gradient clipping (train.max_grad_norm=0)")
             fixes.append("train.max_grad_norm=1.0")
         what = ", ".join(f"{key} {value}" for key, value in bad.items())
-        checkpoints = sorted(
-            (
-                p
-                for p in Path(str(args.output_dir)).glob("checkpoint-*")
-                if artifacts.is_complete_checkpoint(p)
-            ),
-            key=lambda p: int(p.name.split("-")[1]),
-        )
+        checkpoint = artifacts.find_newest_checkpoint(Path(str(args.output_dir)).parent)
         kept = (
-            f"its newest checkpoint, {checkpoints[-1].name}, is from before the divergence"
-            if checkpoints
+            f"its newest checkpoint, {checkpoint.name}, is from before the divergence"
+            if checkpoint
             else "it has no checkpoint yet"
         )
         return (

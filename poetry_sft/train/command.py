@@ -30,6 +30,7 @@ from poetry_sft.config.compose import (
 from poetry_sft.config.schema import register_configs
 from poetry_sft.errors import (
     ERROR_PREFIX,
+    INTERRUPTED_EXIT,
     ConfigError,
     PoetrySFTError,
     is_disk_full,
@@ -44,6 +45,7 @@ from poetry_sft.run.artifacts import (
     cannot_write_error,
     ensure_fresh,
     ensure_usable_run_dir,
+    find_newest_checkpoint,
     find_resume_checkpoint,
     is_main_process,
 )
@@ -194,6 +196,21 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _exit_interrupted(run_dir: Path | None) -> None:
+    """Ctrl-C: one line on what is left, instead of the traceback of wherever the loop was."""
+    if run_dir is None:
+        print("poetry_sft: interrupted before training started; nothing was kept", file=sys.stderr)
+    else:
+        checkpoint = find_newest_checkpoint(run_dir)
+        where = f"from {checkpoint.name}" if checkpoint else "from step 0 (no checkpoint was complete yet)"
+        print(
+            f"poetry_sft: interrupted; {run_dir} stays an unfinished run. The same command with "
+            f"run_dir={run_dir} resumes it {where}.",
+            file=sys.stderr,
+        )
+    sys.exit(INTERRUPTED_EXIT)
+
+
 def _exit_with(err: PoetrySFTError) -> None:
     sys.exit(print_error(err))
 
@@ -237,10 +254,12 @@ def _run(cfg: DictConfig) -> float | None:
     except BaseException as err:  # also a crash or Ctrl-C while loading: nothing there is worth keeping
         if not training_started:
             _abandon_run_dir()
+        if training_started and isinstance(err, (PoetrySFTError, KeyboardInterrupt)):
+            _close_progress_bars()
         if isinstance(err, PoetrySFTError):
-            if training_started:
-                _close_progress_bars()
             _exit_with(err)
+        if isinstance(err, KeyboardInterrupt):
+            _exit_interrupted(run_dir if training_started else None)
         raise
     finally:
         _release_run_dir()
@@ -265,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _hydra_errors_raised():
             _run()
+    except KeyboardInterrupt:  # a sweep (a single run says more itself, above)
+        print("poetry_sft: interrupted; run the same command again to finish the sweep", file=sys.stderr)
+        return INTERRUPTED_EXIT
     except Exception as err:
         if full_error or not is_hydra_user_error(err):
             raise  # a crash: its traceback is the report
