@@ -119,3 +119,34 @@ def is_unwritable(err: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def write_failure(where: Path, err: BaseException, what: str, elsewhere: str) -> PoetrySFTError | None:
+    """The error for a full disk or an unwritable folder met while writing `what` to `where` (None: some
+    other failure, left as it is). `elsewhere` is the command's way to write somewhere else (--out DIR)."""
+    why = getattr(err, "strerror", None) or str(err).splitlines()[0][:200]
+    if is_disk_full(err, where):
+        return DiskFullError(
+            f"could not write {what} to {where}: the disk is full ({why}); nothing was left there.\n"
+            f"  Fix: free space on that disk, or write elsewhere with {elsewhere}"
+        )
+    if is_unwritable(err):
+        return PoetrySFTError(
+            f"could not write {what} to {where}: the folder is read-only or not yours to write ({why}); "
+            f"nothing was left there.\n  Fix: write where you can, {elsewhere}, or make the folder writable"
+        )
+    return None
+
+
+def ensure_writable(where: Path, what: str, elsewhere: str) -> None:
+    """Refuse now (before minutes of work) a `where` whose nearest existing folder cannot be written."""
+    import os
+
+    folder = where.parent if not where.is_dir() else where
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):  # permissions, and a read-only mount (even for root)
+        raise PoetrySFTError(
+            f"cannot write {what} to {where}: {folder} is read-only or not yours to write.\n"
+            f"  Fix: write where you can, {elsewhere}, or make {folder} writable"
+        )

@@ -52,7 +52,13 @@ def run_config(overrides: list[str]) -> RunConfig:
     """The validated RunConfig of these overrides; a ConfigError in our words for a bad key or option."""
     if problems := override_problems(overrides):
         raise ConfigError("\n".join(problems))
-    return to_run_config(compose_config(overrides))
+    try:
+        composed = compose_config(overrides)
+    except Exception as err:  # Hydra's refusal (a type error, a group option of hydra/...): in our words
+        if not is_hydra_user_error(err):
+            raise
+        raise ConfigError(hydra_error_message(err)) from err
+    return to_run_config(composed)
 
 
 def group_options(group: str) -> list[str]:

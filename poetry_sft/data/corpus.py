@@ -82,7 +82,8 @@ def _source_files(cfg: DataConfig) -> list[Path] | None:
         if not files or len({_BUILDERS[p.suffix] for p in files}) > 1:
             raise ConfigError(
                 f"data.path={cfg.path} must hold files of one type ({', '.join(_BUILDERS)}); found "
-                f"{[p.name for p in files] or 'none'}"
+                f"{[p.name for p in files] or 'none'}.\n  Fix: point data.path at one poem file, or at a "
+                "folder of poem files of one type"
             )
         return files
     if path.is_file():
@@ -570,7 +571,7 @@ def _prepare(
     if n_eval >= len(fits):
         raise ConfigError(
             f"data.eval_size={cfg.eval_size} leaves no training poems out of {len(fits)} "
-            f"(dropped: { {k: v for k, v in dropped.items() if v} }): lower data.eval_size, raise "
+            f"(dropped: { {k: v for k, v in dropped.items() if v} }).\n  Fix: lower data.eval_size, raise "
             "data.max_samples, or raise hardware.max_length if too_long_tokens dropped them"
         )
     # Rows are already shuffled: the first n_eval are the eval set, the rest train.

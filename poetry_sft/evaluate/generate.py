@@ -23,7 +23,7 @@ from poetry_sft.config.checks import sampling_problems
 from poetry_sft.config.schema import DataConfig, PromptStyle, RunConfig, SamplingConfig
 from poetry_sft.data import datafiles
 from poetry_sft.data.prompts import generation_prompt, refuse_control_tokens
-from poetry_sft.errors import ConfigError, command
+from poetry_sft.errors import ConfigError, command, ensure_writable
 from poetry_sft.model.loading import load_tokenizer, resolve_model_path, resolve_precision
 from poetry_sft.poetry import FORMS, THINK_CLOSE, THINK_OPEN
 from poetry_sft.run import artifacts
@@ -404,6 +404,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--per-title {args.per_title} must be at least 1")
     if args.out and args.out.exists():
         raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
+    if args.out:
+        ensure_writable(args.out, "the poems", "--out PATH")
+    if wordless := [title for title in titles if not any(char.isalnum() for char in title)]:
+        raise ConfigError(  # the prompt would be 《》 or 《，。》: the model is asked nothing
+            f"the title {wordless[0]!r} has no words (empty, or punctuation only), so the prompt would ask "
+            "for nothing.\n  Fix: give a title with words, e.g. --title 春夜喜雨"
+        )
     refuse_control_tokens(None, "the title", titles)  # before the model loads; generation_prompt checks again
     data_cfg, sampling = _settings(args)
     sampling = _sampling(sampling, args)  # the flags, checked before the model loads

@@ -111,6 +111,26 @@ def ensure_usable_run_dir(run_dir: Path) -> None:
         )
 
 
+def ensure_usable_sweep_dir(sweep_dir: Path) -> None:
+    """Refuse a hydra.sweep.dir that is a file, or a non-empty folder that is not a sweep (no multirun.yaml):
+    a sweep writes multirun.yaml, its summary and a folder per job there."""
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise RunDirError(
+            f"hydra.sweep.dir={sweep_dir} is a file, not a folder.\n"
+            "  Fix: name a new folder, hydra.sweep.dir=multirun/<name>."
+        )
+    if not sweep_dir.is_dir() or (sweep_dir / "multirun.yaml").is_file():
+        return  # new, or a sweep run before (finished jobs are skipped, the others resumed)
+    entries = sorted(p.name for p in sweep_dir.iterdir() if p.name not in _OS_CLUTTER)
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise RunDirError(
+            f"hydra.sweep.dir={sweep_dir} is a non-empty folder that is not a sweep ({shown}): a sweep "
+            "writes multirun.yaml, its summary and a folder per job there, so nothing was written.\n"
+            "  Fix: name a new or empty folder, hydra.sweep.dir=multirun/<name>."
+        )
+
+
 def cannot_write_error(run_dir: Path, err: BaseException) -> PoetrySFTError:
     """A run directory that cannot be created or written (permissions, a read-only or full disk), before
     anything was trained: one message instead of a traceback from mkdir, the lock or Hydra's log file."""
@@ -388,7 +408,11 @@ def save_run_config(cfg: RunConfig, run_dir: Path) -> None:
 def load_run_config(run_dir: Path) -> RunConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise RunDirError(f"{run_dir} is not a poetry_sft run directory: {CONFIG_FILE} is missing")
+        raise RunDirError(
+            f"{run_dir} is not a poetry_sft run directory: {CONFIG_FILE} is missing.\n"
+            "  Fix: name a run's directory, runs/<run> (each holds config.yaml); for a model folder that is "
+            "not a run, generate takes --model DIR"
+        )
     return read_run_config(path)
 
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from poetry_sft import atomic
 from poetry_sft.config.schema import RunConfig
-from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError, command, is_disk_full
+from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError, command, ensure_writable, is_disk_full
 from poetry_sft.run import artifacts
 from poetry_sft.run.model_card import write_card
 
@@ -114,6 +114,7 @@ def export_run(run_dir: Path, fmt: str = "gguf", quant: str = "f16", out: Path |
             f"{out} exists and is not empty; it is never overwritten. Fix: choose another --out"
         )
 
+    ensure_writable(out, "the export", "--out DIR")
     from poetry_sft.ship.merge import merged_model
 
     model, tokenizer, cfg, _ = merged_model(run_dir, compare=False)
@@ -127,7 +128,7 @@ def export_run(run_dir: Path, fmt: str = "gguf", quant: str = "f16", out: Path |
             with card.open("a", encoding="utf-8") as readme:
                 readme.write("\n" + export_readme(name, cfg, quant))
     except OSError as err:
-        hint = "free some disk space" if is_disk_full(err) else "check the folder's permissions"
+        hint = "free some disk space" if is_disk_full(err, out) else "check the folder's permissions"
         raise ExportError(
             f"could not write the export to {out}: {err.strerror or err}. Nothing was left under {out}. "
             f"Fix: {hint}, or write elsewhere with --out"

@@ -78,9 +78,15 @@ def check_hub_access() -> str:
 
 def push(run_dir: Path, repo: str, what: str = "adapter", private: bool = False) -> str:
     if what not in WHAT:
-        raise ConfigError(f"--what {what!r} is not one of {', '.join(WHAT)}")
+        raise ConfigError(
+            f"--what {what!r} is not something push uploads. Fix: --what adapter (the run's model/, the "
+            "default), merged (after poetry-sft merge) or gguf (after poetry-sft export)"
+        )
     if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ConfigError(f"--repo {repo!r} must be user/name (or org/name)")
+        raise ConfigError(
+            f"--repo {repo!r} is not a Hub repo id. Fix: --repo <your user or org>/<name>, e.g. --repo "
+            f"me/{repo.strip('/').replace('/', '-') or 'qwen3-poet'}"
+        )
     folder = folder_to_push(run_dir, what)
     token = check_hub_access()
     cfg = artifacts.load_run_config(run_dir)

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     _check_port(args.host, args.port)
     if args.cache_size < 1:
         raise ConfigError(
-            f"--cache-size {args.cache_size} must be at least 1 (runs whose models stay loaded)"
+            f"--cache-size {args.cache_size} must be at least 1 (the runs whose models stay loaded). Fix: "
+            "--cache-size 1, the default"
         )
     if args.host not in LOCAL_HOSTS:
         print(

@@ -45,6 +45,7 @@ from poetry_sft.run.artifacts import (
     cannot_write_error,
     ensure_fresh,
     ensure_usable_run_dir,
+    ensure_usable_sweep_dir,
     find_newest_checkpoint,
     find_resume_checkpoint,
     is_main_process,
@@ -91,8 +92,35 @@ class PreflightCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             _check_launcher(config)
+            sweep_dir = Path(config.hydra.sweep.dir)
+            ensure_usable_sweep_dir(sweep_dir)
         except PoetrySFTError as err:
             _exit_with(err)
+        _sweep_before.update(
+            dir=sweep_dir, existed=sweep_dir.exists(), multirun=_read(sweep_dir / "multirun.yaml")
+        )
+
+
+# The sweep directory as it was before Hydra wrote multirun.yaml into it: Hydra checks each job's config
+# only after that, and a refused sweep (a type error in one swept value) must leave nothing behind.
+_sweep_before: dict[str, Any] = {}
+
+
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def _undo_refused_sweep() -> None:
+    sweep_dir = _sweep_before.get("dir")
+    if sweep_dir is None or not sweep_dir.is_dir():
+        return
+    if not _sweep_before["existed"]:
+        if {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+            shutil.rmtree(sweep_dir)
+    elif (previous := _sweep_before["multirun"]) is not None:
+        (sweep_dir / "multirun.yaml").write_bytes(previous)
+    else:
+        (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
 
 
 def _check_launcher(config: DictConfig) -> None:
@@ -290,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if full_error or not is_hydra_user_error(err):
             raise  # a crash: its traceback is the report
+        _undo_refused_sweep()
         return print_error(ConfigError(hydra_error_message(err)))
     from poetry_sft.train.sweep_report import sweep_failure
 
