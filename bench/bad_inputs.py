@@ -127,10 +127,11 @@ CASES = [
     Case("train:diverging-loss", [*tiny("model.random_init.initializer_range=1e30"), "run_dir=r"], ["training diverged", "Fix: lower method.learning_rate"], ("poems",), writes=True, issue=True, check=_no_metrics("r")),
     Case("train:read-only-run-folder", [*tiny(), "run_dir=ro/run"], ["cannot write to ro/run"], ("poems", "ro"), root=True, issue=True),
     Case("train:read-only-existing-run", [*tiny(), "run_dir=ro"], ["cannot write to ro"], ("poems", "ro-run"), root=True, issue=True),
-    Case("train:disk-full-at-start", [*tiny(), "run_dir=full/run"], ["no space left"], ("poems", "full"), root=True),
-    Case("train:disk-full-in-a-checkpoint", [*tiny("train.save_steps=2"), "run_dir=small/run"], ["no space left", "checkpoint"], ("poems", "small"), root=True, writes=True, issue=True, check=lambda f: "a partial checkpoint is left" if list((f / "small/run/checkpoints").glob("checkpoint-*")) else None),
+    Case("train:disk-full-at-start", [*tiny(), "run_dir=disk/run"], ["no space left"], ("poems", "disk-full"), root=True),
+    Case("train:disk-full-in-a-checkpoint", [*tiny("train.save_steps=2"), "run_dir=small/run"], ["no space left", "checkpoint"], ("poems", "disk-small"), root=True, writes=True, issue=True, check=lambda f: "a partial checkpoint is left" if list((f / "small/run/checkpoints").glob("checkpoint-*")) else None),
     Case("train:ctrl-c", [*tiny("train.max_steps=400", "train.save_steps=5"), "run_dir=r"], ["interrupted", "resumes"], ("poems",), exit=130, writes=True, interrupt_after=20, check=_no_metrics("r")),
     Case("train:stale-lock", [*tiny(), "run_dir=stale"], [], ("poems", "stale-lock"), exit=0, writes=True, issue=True, check=_log_says("stale", "took over the stale lock"), replaces=("stale/.poetry_sft.lock",)),
+    Case("train:resume-an-interrupted-run", [*tiny("train.save_steps=2"), "run_dir=div"], [], ("poems", "diverged"), exit=0, writes=True, check=lambda f: None if (f / "div" / "metrics.json").is_file() else "not finished", replaces=("div/poetry_sft.log", "div/config.yaml", "div/.hydra/config.yaml", "div/.hydra/hydra.yaml", "div/.hydra/overrides.yaml")),
     Case("train:retrain-a-finished-run", [*tiny(), "run_dir=run"], ["already holds a finished run"], ("poems", "run")),
     # --- sweeps ----------------------------------------------------------------------------------
     Case("sweep:optuna-readme-command", ["-m", "hydra/sweeper=poetry_optuna", "hydra.sweeper.n_trials=2", *tiny("train.warmup_ratio=1.5"), "hydra.sweep.dir=s"], ["2 of 2 sweep jobs failed"], ("poems",), exit=1, writes=True, issue=True),
@@ -142,6 +143,7 @@ CASES = [
     Case("sweep:optuna-no-trials", ["-m", "hydra/sweeper=poetry_optuna", "hydra.sweeper.n_trials=0", *tiny(), "hydra.sweep.dir=s"], ["n_trials"], ("poems",)),
     Case("sweep-report:a-file", ["sweep-report", "poems.jsonl"], ["poems.jsonl"], ("poems",)),
     Case("sweep-report:no-such-folder", ["sweep-report", "nowhere"], ["nowhere"]),
+    Case("sweep-report:read-only-sweep", ["sweep-report", "ro"], ["ro"], ("ro-sweep",), root=True),
     # --- plan, doctor, the verbs -----------------------------------------------------------------
     Case("plan:help", ["plan", "--help"], exit=0, issue=True),
     Case("plan:type-error", ["plan", "method.r=abc"], ["method.r", "integer"]),
@@ -149,6 +151,7 @@ CASES = [
     Case("plan:hydra-group", ["plan", "hydra/job_logging=disabled", "model=tiny"], exit=0),
     Case("plan:empty-model-folder", ["plan", "model.name_or_path=./empty"], ["it is empty"], ("empty",)),
     Case("doctor:unknown-flag", ["doctor", "--gpu"], ["--gpu"]),
+    Case("doctor:on-a-cpu-machine", ["doctor"], exit=0),
     Case("cli:unknown-verb", ["genrate", "runs/x"], ["generate"]),
     Case("cli:version", ["--version"], exit=0),
     # --- generate --------------------------------------------------------------------------------
@@ -162,6 +165,7 @@ CASES = [
     Case("generate:rhyme-without-form", ["generate", "run", "--title", "春晓", "--rhyme"], ["--rhyme", "--form"], ("run",)),
     Case("generate:unknown-rhyme-group", ["generate", "run", "--title", "春晓", "--form", "五言绝句", "--rhyme-group", "九天"], ["九天"], ("run",)),
     Case("generate:empty-titles-file", ["generate", "run", "--titles-file", "titles.txt"], ["titles.txt", "empty"], ("run", "empty-titles")),
+    Case("generate:titles-file-is-a-folder", ["generate", "run", "--titles-file", "run"], ["run is a folder"], ("run",)),
     Case("generate:out-is-a-folder", ["generate", "run", "--title", "春晓", "--out", "run"], ["never overwritten"], ("run",)),
     Case("generate:out-read-only", ["generate", "run", "--title", "春晓", "--out", "ro/poems.jsonl"], ["ro"], ("run", "ro"), root=True),
     Case("generate:model-folder-empty", ["generate", "--model", "./empty", "--title", "春晓"], ["it is empty"], ("empty",), issue=True),
@@ -180,18 +184,18 @@ CASES = [
     Case("merge:unfinished-run", ["merge", "div"], ["holds no finished run"], ("diverged",)),
     Case("merge:damaged-config", ["merge", "run"], ["is damaged"], ("damaged",)),
     Case("merge:out-is-a-file", ["merge", "run", "--out", "notes.txt"], ["notes.txt"], ("run", "notes")),
-    Case("merge:disk-full", ["merge", "run", "--out", "full/merged"], ["no space left"], ("run", "full"), root=True),
+    Case("merge:disk-full", ["merge", "run", "--out", "disk/merged"], ["the disk is full"], ("run", "disk-full"), root=True),
     Case("merge:read-only", ["merge", "run", "--out", "ro/merged"], ["ro/merged"], ("run", "ro"), root=True),
     Case("export:damaged-config", ["export", "run"], ["is damaged"], ("damaged",), issue=True),
     Case("export:unfinished-run", ["export", "div"], ["holds no finished run"], ("diverged",)),
     Case("export:unknown-quant", ["export", "bpe", "--quant", "q4"], ["q4", "q8_0"], ("bpe",)),
     Case("export:k-quant", ["export", "bpe", "--quant", "Q4_K_M"], ["llama-quantize"], ("bpe",)),
-    Case("export:disk-full", ["export", "bpe", "--out", "full/gguf"], ["free some disk space"], ("bpe", "full"), root=True, issue=True),
+    Case("export:disk-full", ["export", "bpe", "--out", "disk/gguf"], ["free some disk space"], ("bpe", "disk-full"), root=True, issue=True),
     Case("export:read-only", ["export", "bpe", "--out", "ro/gguf"], ["ro/gguf"], ("bpe", "ro"), root=True),
     Case("export:a-character-vocabulary", ["export", "run"], ["WordLevel"], ("run",)),
     Case("push:transformers-offline", ["push", "run", "--repo", "me/poet"], ["TRANSFORMERS_OFFLINE"], ("run",), env={**OFFLINE_PUSH, "TRANSFORMERS_OFFLINE": "1"}, issue=True),
     Case("push:no-network", ["push", "run", "--repo", "me/poet"], ["could not reach"], ("run",), env={**OFFLINE_PUSH, "HF_ENDPOINT": "http://127.0.0.1:9"}, issue=True),
-    Case("push:repo-without-owner", ["push", "run", "--repo", "poet"], ["user/name"], ("run",)),
+    Case("push:repo-without-owner", ["push", "run", "--repo", "poet"], ["--repo 'poet'", "me/poet"], ("run",)),
     Case("push:what-unknown", ["push", "run", "--repo", "me/poet", "--what", "model"], ["--what", "adapter"], ("run",)),
     Case("push:merged-of-a-full-run", ["push", "full", "--repo", "me/poet", "--what", "merged"], ["HF_HUB_OFFLINE"], ("full",), env={"HF_HUB_OFFLINE": "1"}, issue=True),
     Case("push:gguf-never-exported", ["push", "run", "--repo", "me/poet", "--what", "gguf"], ["poetry-sft export"], ("run",)),
@@ -323,20 +327,24 @@ def prepared(case: Case, folder: Path, fx: Fixtures) -> Iterator[dict[str, str]]
                 listener.bind(("127.0.0.1", 0))
                 listener.listen()
                 values["port"] = str(listener.getsockname()[1])
-            elif item in ("ro", "ro-run"):
+            elif item in ("ro", "ro-run", "ro-sweep"):
                 ro = folder / "ro"
                 ro.mkdir()
                 if item == "ro-run":
                     (ro / "config.yaml").write_text("model: {}\nmethod: {}\nhardware: {}\ndata: {}\n")
+                if item == "ro-sweep":  # a finished job of a sweep copied from a read-only share
+                    job = ro / "method.r=8"
+                    (job / ".hydra").mkdir(parents=True)
+                    (job / ".hydra" / "overrides.yaml").write_text("- method.r=8\n")
+                    (job / "metrics.json").write_text('{"eval_loss": 2.0, "global_step": 2}')
                 stack.enter_context(_mount(ro, "--bind", str(ro)))
                 subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
-            elif item in ("full", "small"):
-                disk = folder / item
+            elif item in ("disk-full", "disk-small"):  # a 64 KiB tmpfs filled up; a 180 KiB one left empty
+                disk = folder / ("disk" if item == "disk-full" else "small")
                 disk.mkdir()
-                stack.enter_context(
-                    _mount(disk, "-t", "tmpfs", "-o", f"size={'180k' if item == 'small' else '64k'}", "tmpfs")
-                )
-                if item == "full":
+                size = "64k" if item == "disk-full" else "180k"
+                stack.enter_context(_mount(disk, "-t", "tmpfs", "-o", f"size={size}", "tmpfs"))
+                if item == "disk-full":
                     with contextlib.suppress(OSError), (disk / "filler").open("wb") as filler:
                         filler.write(b"\0" * 2**20)
             else:

@@ -137,7 +137,7 @@ def test_the_rhyme_group_and_layout_of_constrained_poems_are_settings(lora_run: 
         (["--temperature", "0"], "--temperature 0.0 must be > 0 when sampling (or --greedy)"),
         (["--max-new-tokens", "100000000"], "--max-new-tokens 100000000 is far longer than any poem"),
         (["--top-p", "2"], "--top-p 2.0 must be in (0, 1]"),
-        (["--titles-file", "missing.txt"], "no such file"),
+        (["--titles-file", "missing.txt"], "file not found: missing.txt"),
     ],
 )
 def test_bad_generate_requests_name_the_fix(

@@ -142,7 +142,7 @@ def test_trainer_pass_through_reaches_sft_config_and_typos_are_refused(poems_fil
     )
     problems = trainer_problems(typo)
     assert "Did you mean trainer.neftune_noise_alpha?" in problems[0]
-    assert "trainer.learning_rate is set by our config: use method.learning_rate instead" in problems[1]
+    assert "trainer.learning_rate is set by our config. Fix: use method.learning_rate instead" in problems[1]
     assert "use train.seed instead" in problems[2]
     assert (
         "trainer.packing='yes' must be true or false" in problems[3] and "trainer.packing=true" in problems[3]

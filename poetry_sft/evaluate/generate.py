@@ -286,9 +286,7 @@ def sample_finished_run(run_dir: Path, titles: list[str]) -> list[dict[str, obje
 def read_titles(path: Path) -> list[str]:
     """Titles from a text file (one per line; blank lines and # comments skipped) or .jsonl (`title`).
     An empty, blank or non-UTF-8 file and a broken JSON line are named with the fix (data/datafiles.py)."""
-    if not path.is_file():
-        raise ConfigError(f"--titles-file {path}: no such file")
-    text = datafiles.read_text(path, what="titles")
+    text = datafiles.read_text(path, what="titles")  # a folder or a missing file: named with the fix
     if path.suffix != ".jsonl":
         lines = (line.strip() for line in text.splitlines())
         return [line for line in lines if line and not line.startswith("#")]
@@ -403,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_title < 1:
         raise ConfigError(f"--per-title {args.per_title} must be at least 1")
     if args.out and args.out.exists():
-        raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
+        raise ConfigError(f"{args.out} exists and is never overwritten. Fix: choose another --out path")
     if args.out:
         ensure_writable(args.out, "the poems", "--out PATH")
     if wordless := [title for title in titles if not any(char.isalnum() for char in title)]:

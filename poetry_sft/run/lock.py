@@ -96,8 +96,12 @@ class RunLock:
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(LockOwner.me().to_json())
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(LockOwner.me().to_json())
+            except BaseException:  # a full disk: no empty lock left behind to puzzle the next run
+                self.path.unlink(missing_ok=True)
+                raise
             self.held = True
             return
         raise RunDirError(f"could not lock {self.path.parent}: another process keeps taking {self.path}")

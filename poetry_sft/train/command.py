@@ -91,7 +91,7 @@ class PreflightCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            _check_launcher(config)
+            _check_sweeper_and_launcher(config)
             sweep_dir = Path(config.hydra.sweep.dir)
             ensure_usable_sweep_dir(sweep_dir)
         except PoetrySFTError as err:
@@ -123,9 +123,16 @@ def _undo_refused_sweep() -> None:
         (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
 
 
-def _check_launcher(config: DictConfig) -> None:
-    """hydra/launcher=slurm on a machine without SLURM: said before Hydra writes the sweep directory, not as
-    submitit's traceback after."""
+def _check_sweeper_and_launcher(config: DictConfig) -> None:
+    """hydra/launcher=slurm on a machine without SLURM, an Optuna search of no trials: said before Hydra
+    writes the sweep directory, not as a traceback after."""
+    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+    if sweeper.endswith("OptunaSweeper") and isinstance(trials, int) and trials < 1:
+        raise ConfigError(  # Optuna would fail after the study, with "No trials are completed yet"
+            f"hydra.sweeper.n_trials={trials}: an Optuna search needs at least one trial.\n"
+            "  Fix: hydra.sweeper.n_trials=12 (conf/hydra/sweeper/poetry_optuna.yaml's), or any number >= 1"
+        )
     target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
     if target.endswith("SlurmLauncher") and shutil.which("srun") is None:
         raise ConfigError(

@@ -97,14 +97,17 @@ def trainer_problems(cfg: RunConfig) -> list[str]:
         if key in ours:
             instead = _OUR_KEY_FOR.get(key)
             problems.append(
-                f"trainer.{key} is set by our config: use {instead} instead of passing it through"
+                f"trainer.{key} is set by our config. Fix: use {instead} instead of passing it through"
                 if instead
-                else f"trainer.{key} is set by poetry_sft itself (train/sft.py) and cannot be passed through"
+                else f"trainer.{key} is set by poetry_sft itself (train/sft.py). Fix: drop it"
             )
         elif key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" Did you mean trainer.{close[0]}?" if close else ""
-            problems.append(f"trainer.{key} is not an option of TRL's SFTConfig.{hint}")
+            problems.append(
+                f"trainer.{key} is not an option of TRL's SFTConfig.{hint} Fix: name one of SFTConfig's "
+                "fields (TRL's docs list them), or drop it"
+            )
         elif problem := _pass_through_type_problem(key, cfg.trainer[key]):
             problems.append(problem)
     if cfg.trainer.get("use_liger_kernel"):
