@@ -507,8 +507,9 @@ def table(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -
         b, a = before.get(case.id), after.get(case.id)
         if not (b and a):
             continue
-        shown = " ".join(case.argv).replace("|", "\\|")
-        shown = shown if len(shown) < 90 else shown[:87] + "..."
+        own = [a for a in case.argv if a not in TINY]  # the tiny run's overrides are every train case's
+        shown = ("<tiny run> " if len(own) < len(case.argv) else "") + " ".join(own)
+        shown = shown.replace("|", "\\|")
         cell = lambda r: f"{r['grade']}: {r['note']}".replace("|", "\\|")  # noqa: E731
         mark = " (#19)" if case.issue else ""
         lines.append(

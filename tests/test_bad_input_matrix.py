@@ -400,3 +400,34 @@ def test_studio_refuses_an_unknown_host_and_a_zero_cache(tmp_path: Path, capsys)
     assert "--host no-such-host.invalid is not an address" in _error(capsys)
     assert command.main(["--runs", str(tmp_path), "--cache-size", "0"]) == 2
     assert "--cache-size 0 must be at least 1" in _error(capsys)
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's folder under git: refused commands leave `git status` as it was
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_refused_commands_leave_git_status_of_the_users_folder_unchanged(poems_file: Path, tmp_path: Path):
+    repo = tmp_path / "project"
+    repo.mkdir()
+    shutil.copy(poems_file, repo / "poems.jsonl")
+    (repo / "notes.txt").write_text("my notes\n")
+    (repo / "config.yaml").write_text("learning_rate: 1\n")  # the user's own config.yaml, not a run's
+    git = ["git", "-c", "user.name=u", "-c", "user.email=u@example.com"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "mine"]):
+        subprocess.run([*git, *command], cwd=repo, check=True, capture_output=True)
+    tiny = tiny_overrides("lora", Path("poems.jsonl"))
+    for argv in (
+        [*tiny, "run_dir=."],  # a run among the user's files
+        [*tiny, "method.r=abc"],  # a type error
+        [*tiny, "~method"],
+        ["-m", *tiny, "method.r=4,abc", "hydra.sweep.dir=."],  # a sweep into the user's folder
+        ["generate", ".", "--title", "春晓"],
+        ["score", "notes.txt", "--reference", "nope.parquet"],
+    ):
+        result = _cli(*argv, cwd=repo)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (argv, result.stderr[-2000:])
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored"], cwd=repo, capture_output=True, text=True
+        )
+        assert status.stdout == "", (argv, status.stdout)
