@@ -207,6 +207,26 @@ def test_a_sweep_into_a_folder_that_is_not_a_sweep_writes_nothing(
     assert _files(tmp_path) == before
 
 
+def test_a_sweep_folder_is_recognised_whichever_sweeper_wrote_it(tmp_path: Path):
+    from poetry_sft.errors import RunDirError
+    from poetry_sft.run.artifacts import ensure_usable_sweep_dir
+
+    basic, optuna, interrupted, mine = (
+        tmp_path / name for name in ("basic", "optuna", "interrupted", "mine")
+    )
+    (basic / "method.r=8").mkdir(parents=True)
+    (basic / "multirun.yaml").write_text("hydra: {}\n")
+    optuna.mkdir()
+    (optuna / "optimization_results.yaml").write_text("best_value: 1.0\n")
+    (interrupted / "method.r=8" / ".hydra").mkdir(parents=True)  # killed before any summary was written
+    (interrupted / "method.r=8" / ".hydra" / "overrides.yaml").write_text("- method.r=8\n")
+    (mine / "photos").mkdir(parents=True)
+    for folder in (basic, optuna, interrupted, tmp_path / "new"):
+        ensure_usable_sweep_dir(folder)
+    with pytest.raises(RunDirError, match=r"not a sweep \(photos\)"):
+        ensure_usable_sweep_dir(mine)
+
+
 @pytest.mark.slow  # trains until interrupted: ~30 s
 def test_ctrl_c_is_one_line_and_the_run_resumes(poems_file: Path, tmp_path: Path):
     import signal

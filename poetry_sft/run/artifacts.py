@@ -111,15 +111,23 @@ def ensure_usable_run_dir(run_dir: Path) -> None:
         )
 
 
+def is_sweep_dir(folder: Path) -> bool:
+    """A folder a sweep wrote: Hydra's multirun.yaml (the basic sweeper), Optuna's results, or a job (a
+    subfolder with Hydra's .hydra/overrides.yaml, written before the job trains)."""
+    if (folder / "multirun.yaml").is_file() or (folder / "optimization_results.yaml").is_file():
+        return True
+    return any((job / ".hydra" / "overrides.yaml").is_file() for job in folder.iterdir() if job.is_dir())
+
+
 def ensure_usable_sweep_dir(sweep_dir: Path) -> None:
-    """Refuse a hydra.sweep.dir that is a file, or a non-empty folder that is not a sweep (no multirun.yaml):
-    a sweep writes multirun.yaml, its summary and a folder per job there."""
+    """Refuse a hydra.sweep.dir that is a file, or a non-empty folder that no sweep wrote: a sweep writes
+    multirun.yaml, its summary and a folder per job there."""
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise RunDirError(
             f"hydra.sweep.dir={sweep_dir} is a file, not a folder.\n"
             "  Fix: name a new folder, hydra.sweep.dir=multirun/<name>."
         )
-    if not sweep_dir.is_dir() or (sweep_dir / "multirun.yaml").is_file():
+    if not sweep_dir.is_dir() or is_sweep_dir(sweep_dir):
         return  # new, or a sweep run before (finished jobs are skipped, the others resumed)
     entries = sorted(p.name for p in sweep_dir.iterdir() if p.name not in _OS_CLUTTER)
     if entries:
