@@ -183,3 +183,12 @@ def test_hydra_refusals_exit_2_with_our_prefix_and_a_fix(case: str, tmp_path: Pa
 def test_hydra_full_error_still_gives_hydras_own_report(tmp_path: Path):
     result = _cli("model=tiny", "method.r=abc", "--cfg", "job", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr, "what the user asked for"
+
+
+def test_a_sweep_job_that_inherits_our_hydra_full_error_still_reports_in_our_words(tmp_path: Path):
+    """The train command sets HYDRA_FULL_ERROR (with its mark) while Hydra runs; a sweep's job processes
+    inherit both and must not take it for the user's wish."""
+    env = {"HYDRA_FULL_ERROR": "1", "POETRY_SFT_SET_HYDRA_FULL_ERROR": "1"}
+    result = _cli("model=tiny", "method.r=abc", "--cfg", "job", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "Fix: method.r takes an integer" in result.stderr

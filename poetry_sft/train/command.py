@@ -254,15 +254,24 @@ def _exit_with(err: PoetrySFTError) -> None:
 def _hydra_errors_raised() -> Iterator[None]:
     """Hydra prints its own refusals (a type error, an option of hydra/sweeper that does not exist) and exits
     1; raised instead, they leave as every user error does: our prefix, a fix, exit 2. A user who set
-    HYDRA_FULL_ERROR=1 gets the traceback instead."""
+    HYDRA_FULL_ERROR=1 gets the traceback instead. The sweep's job processes inherit the variable with our
+    mark beside it, so they too know it was not the user's."""
     if os.environ.get("HYDRA_FULL_ERROR"):
         yield
         return
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ["HYDRA_FULL_ERROR"] = os.environ[_OUR_FULL_ERROR] = "1"
     try:
         yield
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)
+        os.environ.pop(_OUR_FULL_ERROR, None)
+
+
+_OUR_FULL_ERROR = "POETRY_SFT_SET_HYDRA_FULL_ERROR"
+
+
+def _user_wants_hydras_report() -> bool:
+    return bool(os.environ.get("HYDRA_FULL_ERROR")) and not os.environ.get(_OUR_FULL_ERROR)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -315,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems := [*_mode_problems(argv), *override_problems(argv)]:
         return print_error(ConfigError("\n".join(problems)))
     sys.argv = [sys.argv[0], *_flags_first(_per_process_overrides(argv))]  # @hydra.main reads sys.argv
-    full_error = bool(os.environ.get("HYDRA_FULL_ERROR"))  # the user asked for Hydra's own report
+    full_error = _user_wants_hydras_report()
     try:
         with _hydra_errors_raised():
             _run()

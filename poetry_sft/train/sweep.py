@@ -166,14 +166,19 @@ def _echo(raw: bytes, line: str) -> None:
 
 
 def _summary(returncode: int, lines: list[str]) -> str:
-    """One line saying why a job died: our own error message, the exception, or the signal."""
+    """Why a job died: our own error paragraph, the exception, or the signal."""
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
-    ours = [line for line in lines if line.startswith(ERROR_PREFIX)]
-    if ours:
-        return ours[-1].removeprefix(ERROR_PREFIX)
+    ours = [i for i, line in enumerate(lines) if line.startswith(ERROR_PREFIX)]
+    if ours:  # our error paragraph: its first line and the indented ones after it (- problem, Fix: ...)
+        paragraph = [lines[ours[-1]].removeprefix(ERROR_PREFIX)]
+        for line in lines[ours[-1] + 1 :]:
+            if not line.startswith((" ", "\t")):
+                break
+            paragraph.append(line)
+        return "\n".join(paragraph)
     errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
     return (errors or lines or [f"exit status {returncode}"])[-1]
 
