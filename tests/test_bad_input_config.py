@@ -52,6 +52,15 @@ CASES = [
     Case("eval-steps-zero", ["train.eval_steps=0"], ["train.eval_steps=0"]),
     Case("logging-steps-zero", ["train.logging_steps=0"], ["train.logging_steps=0"]),
     Case("max-steps", ["train.max_steps=-5"], ["train.max_steps=-5", "-1"]),
+    Case(
+        "max-steps-zero", ["train.max_steps=0"], ["train.max_steps=0", "-1 (train.num_train_epochs) or > 0"]
+    ),
+    Case("absurd-lr", ["method.learning_rate=1e9"], ["method.learning_rate=1e+09 must be at most 1"]),
+    Case(
+        "pass-through-type",
+        ["+trainer.neftune_noise_alpha=abc"],
+        ["trainer.neftune_noise_alpha='abc' must be a number", "trainer.neftune_noise_alpha=0.5"],
+    ),
     Case("prompt-without-title", ["data.prompt_template='写一首诗'"], ["{title}", "ignore its title"]),
     Case("data-path-missing", ["data.path=missing/poems.jsonl"], ["data.path=missing/poems.jsonl", "sample"]),
     Case("model-path-missing", ["model=qwen3_0.6b", "model.name_or_path=./no-model"], ["./no-model"]),

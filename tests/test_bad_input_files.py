@@ -260,7 +260,7 @@ def test_training_refuses_eval_titles_holding_control_tokens_before_the_model_lo
 
     data = tmp_path / "poems.jsonl"
     data.write_text(JSONL, encoding="utf-8")
-    monkeypatch.setattr(training, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(training, "load_for_training", lambda *a: pytest.fail("the model was loaded"))
     cfg = run_config([*tiny_overrides("lora", data), "generation.eval_titles=['春晓<|im_end|>']"])
     with pytest.raises(
         PoetrySFTError, match=r"generation.eval_titles: '春晓<\|im_end\|>' holds <\|im_end\|>"

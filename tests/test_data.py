@@ -109,6 +109,9 @@ def test_a_dirty_file_is_cleaned_and_every_drop_is_counted(tokenizer, tmp_path: 
         {"title": "English", "content": "The moon is bright tonight, and I think of home.", "author": "甲"},
         {"title": "句", "content": "春眠不觉晓。", "author": "甲"},
         {"title": "", "content": "远看山有色，近听水无声。\n春去花还在，人来鸟不惊。", "author": "甲"},
+        # a title of punctuation only says nothing: the prompt would be 《，。》
+        {"title": "，。", "content": "千山鸟飞绝，万径人踪灭。\n孤舟蓑笠翁，独钓寒江雪。", "author": "甲"},
+        {"title": "……", "content": "松下问童子，言师采药去。\n只在此山中，云深不知处。", "author": "甲"},
         {"title": "静夜思", "content": POEMS[0]["content"], "author": "李白"},  # duplicate
         {"title": "又", "content": " " + POEMS[1]["content"].replace("\n", "\r\n") + " ", "author": "王"},
         {"title": "长诗", "content": "一二三四五六七，" * 40 + "终。", "author": "甲"},  # > max_length tokens
@@ -135,13 +138,13 @@ def test_a_dirty_file_is_cleaned_and_every_drop_is_counted(tokenizer, tmp_path: 
         "special_token": 2,
         "garbled": 2,
         "too_short": 1,
-        "no_title": 1,
+        "no_title": 3,
         "duplicate": 2,  # an exact copy, and one that differs only in line endings and spaces
         "too_long_tokens": 1,
     }
-    assert data.report["rows_in"] == 18 and data.report["rows_out"] == 4
+    assert data.report["rows_in"] == 20 and data.report["rows_out"] == 4
     assert len(data.train) + len(data.eval) == 4
-    assert "18 rows in, 4 out" in data.summary() and "placeholder 2" in data.summary()
+    assert "20 rows in, 4 out" in data.summary() and "placeholder 2" in data.summary()
 
 
 def test_split_is_reproducible_disjoint_and_sized(tokenizer):

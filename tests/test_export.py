@@ -354,16 +354,17 @@ def test_push_uploads_the_folder_and_its_card_and_never_prints_the_token(
         sent["repo"], sent["private"] = repo_id, kwargs.get("private")
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        folder = Path(folder_path)
-        sent["files"] = sorted(p.name for p in folder.iterdir())
-        sent["card"] = (folder / "README.md").read_text(encoding="utf-8")
+    def create_commit(self, *, repo_id, operations, **kwargs):
+        sent["files"] = sorted(op.path_in_repo for op in operations)
+        card = next(op for op in operations if op.path_in_repo == "README.md")
+        with card.as_file() as file:
+            sent["card"] = file.read().decode("utf-8")
         sent["token"] = self.token
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_secret123")
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
     assert push.main([str(bpe_run), "--repo", "me/poet", "--private"]) == 0
     out = capsys.readouterr()
     assert "hf_secret123" not in out.out + out.err and "https://huggingface.co/me/poet" in out.out
@@ -378,6 +379,9 @@ def test_push_uploads_the_folder_and_its_card_and_never_prints_the_token(
     assert any(name.endswith("q8_0.gguf") for name in sent["files"]) and "Modelfile" in sent["files"]
     assert push.main([str(bpe_run), "--repo", "me/x", "--what", "merged"]) == 2
     assert "poetry-sft merge" in capsys.readouterr().err
+    assert "REPO" in (bpe_run / "model" / "README.md").read_text(encoding="utf-8"), (
+        "the local card is not written"
+    )
 
 
 def test_model_card_shows_unmeasurable_metrics_as_a_dash(tmp_path: Path):

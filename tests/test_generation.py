@@ -137,8 +137,10 @@ def test_the_rhyme_group_and_layout_of_constrained_poems_are_settings(lora_run: 
     ("args", "expected"),
     [
         (["--form", "七言律诗", "--max-new-tokens", "20"], "at least 68"),
-        (["--temperature", "0"], "temperature=0.0 must be > 0"),
-        (["--titles-file", "missing.txt"], "no such file"),
+        (["--temperature", "0"], "--temperature 0.0 must be > 0 when sampling (or --greedy)"),
+        (["--max-new-tokens", "100000000"], "--max-new-tokens 100000000 is far longer than any poem"),
+        (["--top-p", "2"], "--top-p 2.0 must be in (0, 1]"),
+        (["--titles-file", "missing.txt"], "file not found: missing.txt"),
     ],
 )
 def test_bad_generate_requests_name_the_fix(
@@ -426,9 +428,9 @@ def test_best_of_n_samples_every_candidate_in_one_generate_call_and_keeps_the_cr
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--best-of", "0"], "sampling.best_of=0 must be at least 1"),
+        (["--best-of", "0"], "--best-of 0 must be at least 1"),
         (["--best-of", "4", "--greedy"], "needs sampling"),
-        (["--rhyme-group", "七阳"], "rhyme_group needs sampling.form"),  # a plain run has no hint to fill
+        (["--rhyme-group", "七阳"], "--rhyme-group needs --form"),  # a plain run has no hint to fill
         (["--form", "五言绝句", "--rhyme-group", "七羊"], "no group matches"),
     ],
 )

@@ -42,6 +42,8 @@ def test_a_live_lock_refuses_a_second_process_and_a_dead_ones_is_taken_over(tmp_
     sleeper.wait()
     lock = RunLock(tmp_path)
     lock.acquire()  # stale: its process is gone
+    why = f"process {sleeper.pid} (started 2026-12-01T10:00:00) is no longer running"
+    assert lock.took_over == f"took over the stale lock of {tmp_path}: {why}"
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
     lock.release()

@@ -132,10 +132,21 @@ def test_trainer_pass_through_reaches_sft_config_and_typos_are_refused(poems_fil
     overrides = tiny_overrides("lora", poems_file, steps=1) + ["+trainer.neftune_noise_alpha=5"]
     trainer = build_trainer(run_config(overrides), tmp_path)
     assert trainer.args.neftune_noise_alpha == 5
-    typo = run_config(["+trainer.neftun_noise_alpha=5", "+trainer.learning_rate=1"])
+    typo = run_config(
+        [
+            "+trainer.neftun_noise_alpha=5",
+            "+trainer.learning_rate=1",
+            "+trainer.seed=3",
+            "+trainer.packing=yes",
+        ]
+    )
     problems = trainer_problems(typo)
     assert "Did you mean trainer.neftune_noise_alpha?" in problems[0]
-    assert "trainer.learning_rate is set by our config groups" in problems[1]
+    assert "trainer.learning_rate is set by our config. Fix: use method.learning_rate instead" in problems[1]
+    assert "use train.seed instead" in problems[2]
+    assert (
+        "trainer.packing='yes' must be true or false" in problems[3] and "trainer.packing=true" in problems[3]
+    )
 
 
 def test_a_saved_tokenizer_with_batch_padding_loads_unpadded(poems_file: Path, tmp_path: Path):

@@ -72,41 +72,65 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def sampling_problems(gen: SamplingConfig, key: str = "generation", rhyme_hint: bool = False) -> list[str]:
-    """What is wrong with sampling settings (shared by the config and the generate command's flags).
-    `rhyme_hint`: the run's prompts name a rhyme group (data.rhyme_hint), so rhyme_group needs no form."""
+# Longer than any poem by far (a 七言律诗 is 67 characters, 长恨歌 840): a model that never ends its poem
+# would write for hours (a tiny model, 100M tokens: forever)
+MAX_NEW_TOKENS = 4096
+
+
+def sampling_problems(
+    gen: SamplingConfig, key: str = "generation", as_flags: bool = False, rhyme_hint: bool = False
+) -> list[str]:
+    """What is wrong with sampling settings (shared by the config and the generate command's flags, which
+    `as_flags` names as --max-new-tokens, ...). `rhyme_hint`: the run's prompts name a rhyme group
+    (data.rhyme_hint), so rhyme_group needs no form."""
+
+    def name(field: str) -> str:
+        return f"--{field.replace('_', '-')}" if as_flags else f"{key}.{field}"
+
+    def given(field: str) -> str:
+        return f"{name(field)} {getattr(gen, field)}" if as_flags else f"{name(field)}={getattr(gen, field)}"
+
     problems = []
     if gen.best_of < 1:
-        problems.append(
-            f"{key}.best_of={gen.best_of} must be at least 1 (1: plain sampling; N: the critic's best of N)"
-        )
+        problems.append(f"{given('best_of')} must be at least 1 (1: plain sampling; N: the critic's best)")
     if gen.best_of > 1 and not gen.do_sample:
         problems.append(
-            f"{key}.best_of={gen.best_of} needs sampling: greedy decoding ({key}.do_sample=false, --greedy) "
-            "writes the same poem every time. Fix: drop --greedy, or best_of=1"
+            f"{given('best_of')} needs sampling: greedy decoding (--greedy, {key}.do_sample=false) writes "
+            "the same poem every time. Fix: drop --greedy, or best_of=1"
         )
-    for name in ("max_new_tokens", "batch_size", "num_eval_poems", "eval_max_new_tokens"):
-        if getattr(gen, name) <= 0:
-            problems.append(f"{key}.{name}={getattr(gen, name)} must be a positive integer")
+    for field in ("max_new_tokens", "batch_size", "num_eval_poems", "eval_max_new_tokens"):
+        if getattr(gen, field) <= 0:
+            problems.append(f"{given(field)} must be a positive integer")
+    for field in ("max_new_tokens", "eval_max_new_tokens"):
+        if getattr(gen, field) > MAX_NEW_TOKENS:
+            problems.append(
+                f"{given(field)} is far longer than any poem (a 七言律诗 is 67 characters, 长恨歌 840): a "
+                f"model that does not end its poem would write for hours; at most {MAX_NEW_TOKENS} "
+                "(the default is 128)"
+            )
     if gen.do_sample and not gen.temperature > 0:
-        problems.append(f"{key}.temperature={gen.temperature} must be > 0 when sampling ({key}.do_sample)")
+        greedy = "--greedy" if as_flags else f"{key}.do_sample=false"
+        problems.append(f"{given('temperature')} must be > 0 when sampling (or {greedy})")
     if not 0 < gen.top_p <= 1:
-        problems.append(f"{key}.top_p={gen.top_p} must be in (0, 1]")
+        problems.append(f"{given('top_p')} must be in (0, 1]")
     if gen.top_k < 0:
-        problems.append(f"{key}.top_k={gen.top_k} must be >= 0 (0: no top-k filtering)")
+        problems.append(f"{given('top_k')} must be >= 0 (0: no top-k filtering)")
     if not gen.repetition_penalty > 0:
-        problems.append(f"{key}.repetition_penalty={gen.repetition_penalty} must be > 0 (1: none)")
+        problems.append(f"{given('repetition_penalty')} must be > 0 (1: none)")
     if gen.form is not None and gen.form not in FORMS:
-        problems.append(f"{key}.form={gen.form!r} is not one of {', '.join(FORMS)} (or null: any form)")
+        problems.append(f"{name('form')}={gen.form!r} is not one of {', '.join(FORMS)} (or null: any form)")
     if gen.showcase and not gen.report:
-        problems.append(f"{key}.showcase=true shows the eval report's poems: set {key}.report=true too")
+        problems.append(
+            f"{name('showcase')}=true shows the eval report's poems: set {name('report')}=true too"
+        )
     if gen.rhyme and gen.form is None:
-        problems.append(f"{key}.rhyme=true needs {key}.form: rhyme is enforced within a regulated form")
+        rhyme = name("rhyme") + ("" if as_flags else "=true")
+        problems.append(f"{rhyme} needs {name('form')}: rhyme is enforced within a regulated form")
     if gen.rhyme_group is not None:
         if gen.form is None and not rhyme_hint:
             problems.append(
-                f"{key}.rhyme_group needs {key}.form (rhyme is enforced within a regulated form) or a run "
-                "with rhyme-aware prompts (data.rhyme_hint=true), whose prompts ask for the group"
+                f"{name('rhyme_group')} needs {name('form')} (rhyme is enforced within a regulated form) or "
+                "a run with rhyme-aware prompts (data.rhyme_hint=true), whose prompts ask for the group"
             )
         try:
             if rhyme_hint and gen.form is None:
@@ -114,7 +138,7 @@ def sampling_problems(gen: SamplingConfig, key: str = "generation", rhyme_hint: 
             else:
                 find_rhyme_group(gen.rhyme_group)
         except ValueError as err:
-            problems.append(f"{key}.rhyme_group: {err}")
+            problems.append(f"{name('rhyme_group')}: {err}")
     return problems
 
 

@@ -179,8 +179,7 @@ class HardwareConfig:
     # On a bigger GPU, cap this process's CUDA allocator at vram_gib so the run behaves like that card
     # (benchmarks, and checking a profile before you buy/borrow the card). No effect on CPU.
     emulate_budget: bool = False
-    # The memory plan (poetry_sft/model/plan.py) refuses a run it predicts will not fit vram_gib; true: try
-    # anyway.
+    # The memory plan (model/plan.py) refuses a run it predicts will not fit vram_gib; true: try anyway.
     allow_over_budget: bool = False
 
 
@@ -371,6 +370,11 @@ def rule_problems(cfg: RunConfig) -> list[str]:
             problems.append(f"{key}={value} must be a positive number")
 
     positive("method.learning_rate", cfg.method.learning_rate)
+    if cfg.method.learning_rate > 1:  # every weight would move by more than its own size: NaN in a few steps
+        problems.append(
+            f"method.learning_rate={cfg.method.learning_rate:g} must be at most 1 (useful ones: 5e-5 to 5e-4 "
+            "for adapters, 1e-5 to 5e-5 for full fine-tuning); the loss would turn NaN within a few steps"
+        )
     positive("hardware.per_device_train_batch_size", cfg.hardware.per_device_train_batch_size)
     positive("hardware.gradient_accumulation_steps", cfg.hardware.gradient_accumulation_steps)
     positive("hardware.max_length", cfg.hardware.max_length)
@@ -381,7 +385,7 @@ def rule_problems(cfg: RunConfig) -> list[str]:
     for name in ("logging_steps", "eval_steps", "save_steps"):  # Trainer: 0 fails late, < 0 disables saving
         if getattr(cfg.train, name) <= 0:
             problems.append(f"train.{name}={getattr(cfg.train, name)} must be a positive number of steps")
-    if cfg.train.max_steps < -1:
+    if cfg.train.max_steps < -1 or cfg.train.max_steps == 0:  # Trainer would train one step for 0
         problems.append(f"train.max_steps={cfg.train.max_steps} must be -1 (train.num_train_epochs) or > 0")
     if cfg.train.dataloader_num_workers < 0:
         problems.append(f"train.dataloader_num_workers={cfg.train.dataloader_num_workers} must be >= 0")
@@ -528,6 +532,52 @@ def key_problem(key: str) -> str | None:
             f"  Fix: use one of {where}'s keys: {', '.join(sorted(fields))}"
         )
     return None
+
+
+def key_is_section(key: str) -> bool:
+    """Whether the dotted key names a section of the schema (train, model.random_init), not a value."""
+    schema: Any = RunConfig
+    for part in key.split("."):
+        schema = _field_types(schema).get(part) if dataclasses.is_dataclass(schema) else None
+    return dataclasses.is_dataclass(schema)
+
+
+def key_type_name(key: str) -> str | None:
+    """What the schema's dotted key takes, in words (`an integer`, `one of all, adapter`); None: not ours."""
+    schema: Any = RunConfig
+    *sections, name = key.split(".")
+    for part in sections:
+        schema = _field_types(schema).get(part) if dataclasses.is_dataclass(schema) else None
+    hint = _field_types(schema).get(name) if dataclasses.is_dataclass(schema) else None
+    if hint is None:
+        return None
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return "one of " + ", ".join(str(m.value) for m in hint)
+    if dataclasses.is_dataclass(hint):
+        return f"its own keys ({key}.<key>=value)"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+    if hint in names:
+        return names[hint]
+    return "a list, [a,b]" if typing.get_origin(hint) is list else "a mapping" if hint is dict else None
+
+
+def schema_default(key: str) -> str | None:
+    """The schema's default of a dotted key, as an override value (None: required, or not a plain value)."""
+    schema: Any = RunConfig
+    *sections, name = key.split(".")
+    for part in sections:
+        schema = _field_types(schema).get(part) if dataclasses.is_dataclass(schema) else None
+    if not dataclasses.is_dataclass(schema):
+        return None
+    found = {f.name: f for f in dataclasses.fields(schema)}.get(name)
+    if found is None or found.default in (MISSING, dataclasses.MISSING, ""):
+        return None
+    value = found.default
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value) if isinstance(value, (int, float, str)) else None
 
 
 def schema_problems(cfg: DictConfig) -> list[str]:

@@ -51,7 +51,7 @@ from poetry_sft.data.prompts import (
     rhyme_hint_count,
     user_and_completion,
 )
-from poetry_sft.errors import ConfigError, PoetrySFTError, ResourceNotFoundError, is_disk_full
+from poetry_sft.errors import ConfigError, DataFileError, PoetrySFTError, ResourceNotFoundError, is_disk_full
 from poetry_sft.paths import IMAGERY_WORDS, SAMPLE_POEMS, cache_dir
 from poetry_sft.poetry import HAN_CLASS, corpus_form, split_first_line
 from poetry_sft.poetry.rhyme_hint import RHYME_CHARS_TABLE
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PIPELINE_VERSION = "3"  # bump when the output of prepare_poems changes for the same inputs
+_PIPELINE_VERSION = "4"  # bump when the output of prepare_poems changes for the same inputs
 TRAIN_ROWS_FILE = "train_rows.json"  # in a cache entry: PreparedData.train_rows
 # datasets builder for each local file type
 # poems tokenised per call: bounds the tokenizer's per-token bookkeeping (offsets, token strings)
@@ -86,7 +86,8 @@ def _source_files(cfg: DataConfig) -> list[Path] | None:
         if not files or len({_BUILDERS[p.suffix] for p in files}) > 1:
             raise ConfigError(
                 f"data.path={cfg.path} must hold files of one type ({', '.join(_BUILDERS)}); found "
-                f"{[p.name for p in files] or 'none'}"
+                f"{[p.name for p in files] or 'none'}.\n  Fix: point data.path at one poem file, or at a "
+                "folder of poem files of one type"
             )
         return files
     if path.is_file():
@@ -146,8 +147,31 @@ def _select_columns(dataset: Dataset, cfg: DataConfig) -> Dataset:
             f"{dataset.column_names}. Fix: map the columns, e.g. {fixes}"
         )
     columns = {src: ours for src, ours in columns.items() if src in dataset.column_names}
+    for src, ours in columns.items():
+        if ours in ("title", "content", "author", "dynasty"):
+            _refuse_non_text_column(dataset, cfg, src)
     return dataset.select_columns(list(columns)).rename_columns(
         {src: ours for src, ours in columns.items() if src != ours}
+    )
+
+
+def _refuse_non_text_column(dataset: Dataset, cfg: DataConfig, column: str) -> None:
+    """A column of lists (a poem's lines) or numbers: every row would be dropped as not_text."""
+    feature = dataset.features[column]
+    dtype = getattr(feature, "dtype", None)
+    if dtype in ("string", "large_string", "null"):
+        return
+    is_list = dtype is None or dtype == "list"
+    kind = "lists (each poem's lines as a list?)" if is_list else f"{dtype} values"
+    fix = (
+        f"join each row's lines into one string with newlines, e.g. jq -c '.{column} |= join(\"\\n\")' "
+        f"in.jsonl > out.jsonl, or in Python row['{column}'] = '\\n'.join(row['{column}'])"
+        if is_list
+        else "map the text column instead (data.title_column / data.content_column), or store them as text"
+    )
+    raise DataFileError(
+        f"data set '{cfg.path}': its column {column!r} holds {kind}, not one text per poem, so every row "
+        f"would be dropped.\n  Fix: {fix}"
     )
 
 
@@ -172,7 +196,7 @@ DROP_REASONS = (
     "garbled",  # too few Chinese characters: mojibake or not Chinese
     "too_short",  # fewer than data.min_chars Chinese characters
     "too_long_chars",  # more than data.max_chars
-    "no_title",  # the prompt needs a title and there is none (likewise no_author, no_dynasty)
+    "no_title",  # the prompt needs a title and there is none, or only punctuation (likewise no_author, ...)
     "no_author",
     "no_dynasty",
     "no_keywords",  # prompt_style=keywords: no data.keywords_column value and no imagery word in the poem
@@ -185,6 +209,11 @@ DROP_REASONS = (
 
 def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
+
+
+def _has_words(text: str) -> bool:
+    """A title (author, dynasty) that says something: not empty, not only punctuation (，。 ……)."""
+    return any(char.isalnum() for char in text)
 
 
 def _normalise(content: str) -> str:
@@ -226,7 +255,7 @@ def _clean_batch(batch: dict[str, list], settings: dict[str, Any]) -> dict[str, 
             elif settings["max_chars"] is not None and han > settings["max_chars"]:
                 reason = "too_long_chars"
             else:
-                reason = next((f"no_{k}" for k in settings["needed"] if not extra[k][i]), "")
+                reason = next((f"no_{k}" for k in settings["needed"] if not _has_words(extra[k][i])), "")
                 if not reason and settings["one_line_ok"] is False and split_first_line(content) is None:
                     reason = "one_line"
                 if not reason and settings["max_keywords"]:
@@ -536,8 +565,8 @@ def _prepare(
     if not unique:
         raise PoetrySFTError(
             f"no poems left in '{cfg.path}' after cleaning and selection (dropped: "
-            f"{ {k: v for k, v in dropped.items() if v} }). Check the column mapping and data.dynasties/"
-            "authors/forms/min_chars"
+            f"{ {k: v for k, v in dropped.items() if v} }).\n  Fix: check the column mapping "
+            "(data.content_column, data.title_column) and data.dynasties/authors/forms/min_chars"
         )
     # Shuffle (as datasets' own shuffle would: PCG64 seeded with data.split_seed), then one Arrow take.
     order = np.asarray(unique)[np.random.default_rng(cfg.split_seed).permutation(len(unique))]
@@ -564,7 +593,7 @@ def _prepare(
     if n_eval >= len(fits):
         raise ConfigError(
             f"data.eval_size={cfg.eval_size} leaves no training poems out of {len(fits)} "
-            f"(dropped: { {k: v for k, v in dropped.items() if v} }): lower data.eval_size, raise "
+            f"(dropped: { {k: v for k, v in dropped.items() if v} }).\n  Fix: lower data.eval_size, raise "
             "data.max_samples, or raise hardware.max_length if too_long_tokens dropped them"
         )
     # Rows are already shuffled: the first n_eval are the eval set, the rest train.

@@ -44,12 +44,22 @@ def check_data_file(path: Path) -> None:
             pass
 
 
+def not_a_file(path: Path) -> DataFileError:
+    """A path that names no file: a folder, or nothing (a typo, another working directory)."""
+    if path.is_dir():
+        return DataFileError(f"{path} is a folder, not a file.\n  Fix: name the file inside it (ls {path})")
+    return DataFileError(
+        f"file not found: {path} (relative paths start from {Path.cwd()}).\n"
+        "  Fix: check the name and the folder"
+    )
+
+
 def read_text(path: Path, what: str = "poems") -> str:
     """The file as text (UTF-8, with or without a BOM). Refuses an empty file, one of blank lines only
     (no `what` in it), and other encodings, naming GBK/GB18030 and UTF-16 with the command that converts
     them."""
     if not path.is_file():
-        raise DataFileError(f"file not found: {path}")
+        raise not_a_file(path)
     data = path.read_bytes()
     if not data:
         raise DataFileError(
@@ -200,7 +210,7 @@ def _check_csv(path: Path, text: str) -> None:
 def check_parquet(path: Path) -> None:
     """A Parquet file whose footer is readable and which has rows (reads the footer, not the data)."""
     if not path.is_file():
-        raise DataFileError(f"file not found: {path}")
+        raise not_a_file(path)
     size = path.stat().st_size
     if size == 0:
         raise DataFileError(

@@ -23,7 +23,7 @@ from poetry_sft.config.checks import sampling_problems
 from poetry_sft.config.schema import CriticConfig, DataConfig, PromptStyle, RunConfig, SamplingConfig
 from poetry_sft.data import datafiles
 from poetry_sft.data.prompts import asked_rhyme_group, generation_prompt, refuse_control_tokens
-from poetry_sft.errors import ConfigError, RunDirError, command
+from poetry_sft.errors import ConfigError, command, ensure_writable
 from poetry_sft.model.loading import load_tokenizer, resolve_model_path, resolve_precision
 from poetry_sft.poetry import FORMS, THINK_CLOSE, THINK_OPEN
 from poetry_sft.poetry.critic import critique
@@ -105,7 +105,7 @@ def load_run(
     cfg = artifacts.load_run_config(run_dir)
     model_dir = run_dir / artifacts.MODEL_DIR
     if not model_dir.is_dir():
-        raise RunDirError(f"{run_dir} has no {artifacts.MODEL_DIR}/: the run did not finish saving")
+        raise artifacts.unfinished_error(run_dir)
     tokenizer = load_tokenizer(str(model_dir))
     if base:
         return load_base(cfg, dequantized_base), tokenizer, cfg
@@ -335,9 +335,7 @@ def sample_finished_run(run_dir: Path, titles: list[str]) -> list[dict[str, obje
 def read_titles(path: Path) -> list[str]:
     """Titles from a text file (one per line; blank lines and # comments skipped) or .jsonl (`title`).
     An empty, blank or non-UTF-8 file and a broken JSON line are named with the fix (data/datafiles.py)."""
-    if not path.is_file():
-        raise ConfigError(f"--titles-file {path}: no such file")
-    text = datafiles.read_text(path, what="titles")
+    text = datafiles.read_text(path, what="titles")  # a folder or a missing file: named with the fix
     if path.suffix != ".jsonl":
         lines = (line.strip() for line in text.splitlines())
         return [line for line in lines if line and not line.startswith("#")]
@@ -378,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="write the poems here as JSON Lines (never overwritten)")
     parser.add_argument("--greedy", action="store_true", help="deterministic decoding instead of sampling")
     for name, kind in _SAMPLING_FLAGS.items():
-        flag, help_ = "--" + name.replace("_", "-"), f"overrides generation.{name}"
+        flag, help_ = "--" + name.replace("_", "-"), f"overrides generation.{name}" + _FLAG_HELP.get(name, "")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
@@ -386,6 +384,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a flag does, where its setting's name does not say it (the setting's comment in SamplingConfig does).
+_FLAG_HELP = {
+    "best_of": ": sample N poems per title in one batch, keep the prosody critic's best (1: plain sampling)",
+    "rhyme_group": ": with --rhyme, the 平水韵 group (七阳); a rhyme-aware run's prompts ask for it",
+}
 # Sampling settings that get a flag of their own, read from SamplingConfig: a new setting is a new flag.
 # (form, rhyme and do_sample have their own flags above; the rest only concern the training run.)
 _NOT_FLAGS = {
@@ -409,9 +412,15 @@ def _sampling(base: SamplingConfig, args: argparse.Namespace, rhyme_hint: bool) 
     if args.rhyme:
         changes["rhyme"] = True
     sampling = dataclasses.replace(base, **changes)
-    problems = sampling_problems(sampling, key="sampling", rhyme_hint=rhyme_hint)
+    problems = sampling_problems(sampling, as_flags=True, rhyme_hint=rhyme_hint)
     if problems:
-        raise ConfigError("invalid sampling settings:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(
+            "invalid sampling settings:\n  - "
+            + "\n  - ".join(problems)
+            + "\n  Fix: change "
+            + ("that flag" if len(problems) == 1 else "those flags")
+            + " (poetry-sft generate --help lists them)"
+        )
     return sampling
 
 
@@ -422,11 +431,12 @@ def _settings(args: argparse.Namespace) -> tuple[DataConfig, SamplingConfig, Cri
         if not args.model:
             raise ConfigError("give a run directory (runs/...) or --model NAME_OR_PATH")
         saved = Path(args.model) / artifacts.RUN_CONFIG_IN_MODEL  # a merged run: prompt as it trained
-        if not saved.is_file():  # the schema's default prompt, what runs train on unless told otherwise
-            return DataConfig(path="none"), SamplingConfig(), CriticConfig()
-        cfg = artifacts.read_run_config(saved)
-    else:
-        cfg = artifacts.load_run_config(args.run_dir)
+        if saved.is_file():
+            cfg = artifacts.read_run_config(saved)
+            return cfg.data, cfg.generation, cfg.critic
+        # no run: the schema's default prompt, what runs train on unless data.prompt_template is set
+        return DataConfig(path="none"), SamplingConfig(), CriticConfig()
+    cfg = artifacts.load_run_config(args.run_dir)
     return cfg.data, cfg.generation, cfg.critic
 
 
@@ -446,10 +456,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_title < 1:
         raise ConfigError(f"--per-title {args.per_title} must be at least 1")
     if args.out and args.out.exists():
-        raise ConfigError(f"{args.out} exists and is never overwritten: choose another --out path")
+        raise ConfigError(f"{args.out} exists and is never overwritten. Fix: choose another --out path")
+    if args.out:
+        ensure_writable(args.out, "the poems", "--out PATH")
+    if wordless := [title for title in titles if not any(char.isalnum() for char in title)]:
+        raise ConfigError(  # the prompt would be 《》 or 《，。》: the model is asked nothing
+            f"the title {wordless[0]!r} has no words (empty, or punctuation only), so the prompt would ask "
+            "for nothing.\n  Fix: give a title with words, e.g. --title 春夜喜雨"
+        )
     refuse_control_tokens(None, "the title", titles)  # before the model loads; generation_prompt checks again
     data_cfg, sampling, critic = _settings(args)
-    sampling = _sampling(sampling, args, data_cfg.rhyme_hint)  # bad flags are refused before the model loads
+    sampling = _sampling(sampling, args, data_cfg.rhyme_hint)  # the flags, checked before the model loads
     model, tokenizer = _load(args)
     repeated = [title for title in titles for _ in range(args.per_title)]
     poems = generate_poems(model, tokenizer, repeated, data_cfg, sampling, critic=critic)

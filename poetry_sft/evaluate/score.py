@@ -33,6 +33,14 @@ class InputError(PoetrySFTError):
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Poems as dicts with at least `content`, from .jsonl (or .json lines) or plain text. An empty,
     blank or non-UTF-8 file and a broken JSON line are named with the fix (poetry_sft/data/datafiles.py)."""
+    if path.suffix == ".parquet":  # training data: a `content` column
+        return [{"content": content} for content in read_poems(path)]
+    if path.suffix in (".csv", ".tsv", ".xlsx"):
+        raise InputError(
+            f"{path}: score reads .jsonl (a 'content' field per line), .txt (poems separated by blank lines) "
+            f'or .parquet, not {path.suffix}.\n  Fix: convert it, e.g. python -c "import pandas as pd; '
+            f"pd.read_csv('{path}').to_json('poems.jsonl', orient='records', lines=True, force_ascii=False)\""
+        )
     text = datafiles.read_text(path)
     if path.suffix not in {".jsonl", ".json"}:
         return [{"content": poem.strip()} for poem in text.split("\n\n") if poem.strip()]
@@ -41,8 +49,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         if not isinstance(record.get("content"), str):
             raise InputError(
                 f"{path}:{number}: no 'content' field with the poem text (found {sorted(record)}); "
-                'each line must be an object like {"content": "白日依山尽，黄河入海流。..."}: '
-                "rename your text field to 'content'"
+                'each line must be an object like {"content": "白日依山尽，黄河入海流。..."}.\n'
+                "  Fix: rename your text field to 'content'"
             )
         records.append(record)
     return records

@@ -199,6 +199,9 @@ class _explain_load_failure:
     ) -> None:
         if exc is None or not isinstance(exc, (OSError, ValueError, ConnectionError)):
             return  # not swallowed: the exception, if any, propagates unchanged
+        local = Path(self.name_or_path).expanduser()
+        if local.is_dir():  # a folder, but not a model's: empty, a download cut short, the wrong level
+            raise ResourceNotFoundError(local_model_dir_problem(local, self.what, exc)) from exc
         raise ResourceNotFoundError(
             f"could not load the {self.what} '{self.name_or_path}': {str(exc).splitlines()[0]}\n"
             "  It is neither a local directory nor reachable on the Hugging Face Hub (offline? typo?).\n"
@@ -208,3 +211,18 @@ class _explain_load_failure:
             "model.name_or_path=./qwen3-0.6b,\n"
             "  or try the offline demo model: model=tiny"
         ) from exc
+
+
+def local_model_dir_problem(folder: Path, what: str = "model", err: BaseException | None = None) -> str:
+    """A local folder named as a model that does not hold one, in words: what is (not) in it, and the fix."""
+    entries = sorted(p.name for p in folder.iterdir())
+    held = (
+        f"it holds {', '.join(entries[:6])}{' ...' if len(entries) > 6 else ''}" if entries else "it is empty"
+    )
+    why = f" ({str(err).splitlines()[0][:200]})" if err is not None and str(err) else ""
+    return (
+        f"could not load the {what} from the folder {folder}: {held}, not a model's config.json, weights "
+        f"and tokenizer{why}.\n  Fix: download the model into it (hf download Qwen/Qwen3-0.6B --local-dir "
+        f"{folder}; from mainland China: modelscope download --model Qwen/Qwen3-0.6B --local_dir {folder}), "
+        "or name the folder that holds config.json"
+    )

@@ -9,6 +9,7 @@ fixes, unless `hardware.allow_over_budget=true`.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from poetry_sft.config.schema import Batching, Precision, RunConfig, Stage, resolve_batching
@@ -139,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = run_config(parser.parse_args(sys.argv[1:] if argv is None else argv).overrides)
     planned = plan_run(cfg)
     if planned is None:
+        local = Path(cfg.model.name_or_path).expanduser()
+        if (
+            cfg.model.random_init is None and local.is_dir()
+        ):  # a folder, not a model's (empty, a cut download)
+            from poetry_sft.model.loading import local_model_dir_problem
+
+            raise ResourceNotFoundError(local_model_dir_problem(local))
         raise ResourceNotFoundError(
             f"cannot read the architecture of '{cfg.model.name_or_path}' offline.\n  Fix: plan with "
             "model=qwen3_0.6b_random (Qwen3-0.6B's exact shape, no download), or download the model once"

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from poetry_sft.config.checks import validate
 from poetry_sft.config.schema import RunConfig
-from poetry_sft.errors import RunDirError
+from poetry_sft.errors import ConfigError, DiskFullError, PoetrySFTError, RunDirError, is_disk_full
 from poetry_sft.run.lock import LOCK_FILE, RunLock
 
 CONFIG_FILE = "config.yaml"
@@ -109,6 +109,54 @@ def ensure_usable_run_dir(run_dir: Path) -> None:
             f"write its {CONFIG_FILE}, model/ and checkpoints/ among those files, so nothing was written.\n"
             "  Fix: name a new or empty directory, run_dir=runs/<new-name>."
         )
+
+
+def is_sweep_dir(folder: Path) -> bool:
+    """A folder a sweep wrote: Hydra's multirun.yaml (the basic sweeper), Optuna's results, or a job (a
+    subfolder with Hydra's .hydra/overrides.yaml, written before the job trains)."""
+    if (folder / "multirun.yaml").is_file() or (folder / "optimization_results.yaml").is_file():
+        return True
+    return any((job / ".hydra" / "overrides.yaml").is_file() for job in folder.iterdir() if job.is_dir())
+
+
+def ensure_usable_sweep_dir(sweep_dir: Path) -> None:
+    """Refuse a hydra.sweep.dir that is a file, or a non-empty folder that no sweep wrote: a sweep writes
+    multirun.yaml, its summary and a folder per job there."""
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise RunDirError(
+            f"hydra.sweep.dir={sweep_dir} is a file, not a folder.\n"
+            "  Fix: name a new folder, hydra.sweep.dir=multirun/<name>."
+        )
+    if not sweep_dir.is_dir() or is_sweep_dir(sweep_dir):
+        return  # new, or a sweep run before (finished jobs are skipped, the others resumed)
+    entries = sorted(p.name for p in sweep_dir.iterdir() if p.name not in _OS_CLUTTER)
+    if entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise RunDirError(
+            f"hydra.sweep.dir={sweep_dir} is a non-empty folder that is not a sweep ({shown}): a sweep "
+            "writes multirun.yaml, its summary and a folder per job there, so nothing was written.\n"
+            "  Fix: name a new or empty folder, hydra.sweep.dir=multirun/<name>."
+        )
+
+
+def cannot_write_error(run_dir: Path, err: BaseException) -> PoetrySFTError:
+    """A run directory that cannot be created or written (permissions, a read-only or full disk), before
+    anything was trained: one message instead of a traceback from mkdir, the lock or Hydra's log file."""
+    existing = run_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    why = getattr(err, "strerror", None) or str(err)
+    if is_disk_full(err):
+        return DiskFullError(
+            f"no space left on the disk of {existing} to start a run in {run_dir} ({why}).\n"
+            "  Fix: free space on that disk, or train on one with room: run_dir=<path there>."
+        )
+    return RunDirError(
+        f"cannot write to {run_dir} ({why}): a run writes its config, log, checkpoints and model there, and "
+        f"{existing} is read-only or not yours to write.\n"
+        f"  Fix: train into a folder you can write, run_dir=runs/<new-name>, or make {existing} writable "
+        f"(ls -ld {existing})."
+    )
 
 
 class RunDirClaim:
@@ -298,6 +346,16 @@ def find_resume_checkpoint(run_dir: Path, cfg: RunConfig) -> Path | None:
     return complete[-1] if complete else None
 
 
+def find_newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint in `run_dir`, whatever its config (None: there is none)."""
+    complete = [
+        p
+        for p in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*")
+        if _CHECKPOINT_NAME.match(p.name) and is_complete_checkpoint(p)
+    ]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 def discard_incomplete_checkpoints(run_dir: Path) -> None:
     """Remove checkpoints a kill cut off mid-write, so Trainer's rotation never keeps one over a whole one."""
     if not is_main_process():
@@ -358,7 +416,11 @@ def save_run_config(cfg: RunConfig, run_dir: Path) -> None:
 def load_run_config(run_dir: Path) -> RunConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
-        raise RunDirError(f"{run_dir} is not a poetry_sft run directory: {CONFIG_FILE} is missing")
+        raise RunDirError(
+            f"{run_dir} is not a poetry_sft run directory: {CONFIG_FILE} is missing.\n"
+            "  Fix: name a run's directory, runs/<run> (each holds config.yaml); for a model folder that is "
+            "not a run, generate takes --model DIR"
+        )
     return read_run_config(path)
 
 
@@ -380,9 +442,51 @@ def _saved_config(path: Path) -> Any:
 
 def read_run_config(path: Path) -> RunConfig:
     """A saved RunConfig: a run's config.yaml, or the RUN_CONFIG_IN_MODEL copy a merged model carries."""
-    cfg = OmegaConf.to_object(_saved_config(path))
-    assert isinstance(cfg, RunConfig)
-    return validate(cfg)
+    try:
+        cfg = OmegaConf.to_object(_saved_config(path))
+    except Exception as err:  # not YAML, cut off, edited by hand: a message, not a parser's traceback
+        raise damaged_config_error(path, err) from err
+    if not isinstance(cfg, RunConfig):
+        raise damaged_config_error(path, TypeError(f"it holds {type(cfg).__name__}, not a run's settings"))
+    try:
+        return validate(cfg)
+    except ConfigError as err:  # readable, but a rule refuses it (edited by hand, or a rule added since)
+        problems = " ".join(line.strip(" -") for line in str(err).splitlines()[1:] if "Fix:" not in line)
+        raise RunDirError(
+            f"{path} holds settings this version refuses: {problems}\n"
+            "  Fix: correct that value in it (if it was edited by hand), or train the run again with valid "
+            "settings."
+        ) from err
+
+
+def damaged_config_error(path: Path, err: BaseException) -> RunDirError:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and "Fix:" not in line]
+    lines = [line for line in lines if not line.startswith(("full_key:", "object_type", "reference_type"))]
+    why = " ".join(lines)[:300] or type(err).__name__
+    hydra_copy = path.parent / ".hydra" / CONFIG_FILE
+    restore = (
+        f"restore it from a backup, or compare it with {hydra_copy} (Hydra's copy of the settings the run "
+        "was composed from)"
+        if hydra_copy.is_file()
+        else "restore it from a backup or a copy of the run"
+    )
+    return RunDirError(
+        f"{path} is damaged and cannot be read as a run's settings ({why}); the model is not loaded "
+        "without them, since the prompts it was trained on are among them.\n"
+        f"  Fix: {restore}; the other files of the run are untouched."
+    )
+
+
+def unfinished_error(run_dir: Path) -> RunDirError:
+    """A run directory whose training did not end: no model/ or metrics.json to use."""
+    log_file = next(iter(sorted(run_dir.glob("*.log"))), None)
+    why = f" ({log_file} says why)" if log_file else ""
+    return RunDirError(
+        f"{run_dir} holds no finished run: its training was interrupted, diverged or failed{why}, so it has "
+        f"no {MODEL_DIR}/ and no {METRICS_FILE}.\n  Fix: resume it with the same train command and "
+        f"run_dir={run_dir} (it continues from its last checkpoint), or pick a finished run (one with "
+        f"{METRICS_FILE})."
+    )
 
 
 def init_adapter_dir(cfg: RunConfig) -> Path | None:

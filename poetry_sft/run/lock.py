@@ -86,6 +86,8 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_FILE
         self.held = False
+        # Why a stale lock was taken over (the train command logs it once the run's log file is open)
+        self.took_over: str | None = None
 
     def acquire(self) -> None:
         for _ in range(3):  # a stale lock removed, or another process racing us for it: try again
@@ -94,8 +96,12 @@ class RunLock:
             except FileExistsError:
                 self._take_over_if_stale()
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(LockOwner.me().to_json())
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(LockOwner.me().to_json())
+            except BaseException:  # a full disk: no empty lock left behind to puzzle the next run
+                self.path.unlink(missing_ok=True)
+                raise
             self.held = True
             return
         raise RunDirError(f"could not lock {self.path.parent}: another process keeps taking {self.path}")
@@ -156,4 +162,5 @@ class RunLock:
             return
         aside.unlink()
         why = f"process {owner.pid} (started {owner.started}) is no longer running" if owner else "unreadable"
-        log.warning("taking over the stale lock of %s: %s", run_dir, why)
+        self.took_over = f"took over the stale lock of {run_dir}: {why}"
+        log.debug(self.took_over)

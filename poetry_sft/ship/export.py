@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from poetry_sft import atomic
 from poetry_sft.config.schema import RunConfig
 from poetry_sft.data.prompts import example_request
-from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError, command, is_disk_full
+from poetry_sft.errors import ConfigError, PoetrySFTError, RunDirError, command, ensure_writable, is_disk_full
 from poetry_sft.run import artifacts
 from poetry_sft.run.model_card import write_card
 
@@ -102,6 +102,8 @@ def export_run(run_dir: Path, fmt: str = "gguf", quant: str = "f16", out: Path |
     """Merge (if needed) and write the GGUF, Modelfile and README into `out`, all or nothing."""
     check_request(fmt, quant)
     if not artifacts.is_finished(run_dir):
+        if artifacts.is_run_dir(run_dir):
+            raise artifacts.unfinished_error(run_dir)
         raise RunDirError(
             f"{run_dir} is not a finished run ({artifacts.METRICS_FILE} is missing): only a run that "
             "finished training is exported. Fix: let it finish (the same command resumes it), or pick a "
@@ -113,6 +115,7 @@ def export_run(run_dir: Path, fmt: str = "gguf", quant: str = "f16", out: Path |
             f"{out} exists and is not empty; it is never overwritten. Fix: choose another --out"
         )
 
+    ensure_writable(out, "the export", "--out DIR")
     from poetry_sft.ship.merge import merged_model
 
     model, tokenizer, cfg, _ = merged_model(run_dir, compare=False)
@@ -126,7 +129,7 @@ def export_run(run_dir: Path, fmt: str = "gguf", quant: str = "f16", out: Path |
             with card.open("a", encoding="utf-8") as readme:
                 readme.write("\n" + export_readme(name, cfg, quant))
     except OSError as err:
-        hint = "free some disk space" if is_disk_full(err) else "check the folder's permissions"
+        hint = "free some disk space" if is_disk_full(err, out) else "check the folder's permissions"
         raise ExportError(
             f"could not write the export to {out}: {err.strerror or err}. Nothing was left under {out}. "
             f"Fix: {hint}, or write elsewhere with --out"

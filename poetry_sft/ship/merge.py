@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from poetry_sft import atomic
 from poetry_sft.config.schema import RunConfig
-from poetry_sft.errors import RunDirError, command
+from poetry_sft.errors import RunDirError, command, ensure_writable, write_failure
 from poetry_sft.run import artifacts
 from poetry_sft.run.model_card import write_card
 
@@ -97,6 +97,8 @@ def merged_model(run_dir: Path, compare: bool = True) -> tuple[Any, Any, RunConf
         if (model_dir / "config.json").is_file():
             model, tokenizer, cfg = load_run(run_dir)
             return model, tokenizer, cfg, None
+        if not model_dir.is_dir() and artifacts.is_run_dir(run_dir):
+            raise artifacts.unfinished_error(run_dir)
         raise RunDirError(f"{run_dir} has no saved adapter ({artifacts.MODEL_DIR}/adapter_config.json)")
     model, tokenizer, cfg = load_run(run_dir, dequantized_base=True)
     merged = model.merge_and_unload()  # type: ignore[operator]  # a PeftModel (load_run types it as its base)
@@ -139,18 +141,24 @@ def merge_run(run_dir: Path, out: Path | None = None) -> Path:
             "standalone model; load it with AutoModelForCausalLM.from_pretrained. Only LoRA/QLoRA runs "
             "need merging"
         )
+    ensure_writable(out, "the merged model", "--out DIR")
     merged, tokenizer, cfg, check = merged_model(run_dir)
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    # Written beside the target and renamed (the package's one atomic-directory helper): an interrupted
-    # merge never leaves a half model at `out`.
-    with atomic.staged_directory(out, complete_marker=CHECK_FILE) as staging:
-        merged.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        atomic.write_json(staging / CHECK_FILE, check)
-        write_card(staging, run_dir, cfg, "merged")
-        # The prompt setup (system prompt, template, style) and sampling travel with the model
-        OmegaConf.save(OmegaConf.structured(cfg), staging / artifacts.RUN_CONFIG_IN_MODEL)
+    try:
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        # Written beside the target and renamed (the package's one atomic-directory helper): an interrupted
+        # merge never leaves a half model at `out`.
+        with atomic.staged_directory(out, complete_marker=CHECK_FILE) as staging:
+            merged.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            atomic.write_json(staging / CHECK_FILE, check)
+            write_card(staging, run_dir, cfg, "merged")
+            # The prompt setup (system prompt, template, style) and sampling travel with the model
+            OmegaConf.save(OmegaConf.structured(cfg), staging / artifacts.RUN_CONFIG_IN_MODEL)
+    except Exception as err:  # a full disk, a read-only folder: one message (the staging is gone)
+        if failure := write_failure(out, err, "the merged model", "--out DIR"):
+            raise failure from err
+        raise
     return out
 
 

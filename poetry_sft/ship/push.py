@@ -13,23 +13,32 @@ mirror that accepts uploads, or publish on ModelScope instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from poetry_sft.errors import ConfigError, ResourceNotFoundError, RunDirError, command
 from poetry_sft.run import artifacts
-from poetry_sft.run.model_card import CARD_FILE, write_card
+from poetry_sft.run.model_card import CARD_FILE, card_text
 
 WHAT = ("adapter", "merged", "gguf")
 
 
 def folder_to_push(run_dir: Path, what: str) -> Path:
     if not artifacts.is_finished(run_dir):
-        raise RunDirError(f"{run_dir} is not a finished run ({artifacts.METRICS_FILE} is missing)")
+        if artifacts.is_run_dir(run_dir):
+            raise artifacts.unfinished_error(run_dir)
+        raise RunDirError(
+            f"{run_dir} is not a poetry_sft run ({artifacts.CONFIG_FILE} and {artifacts.METRICS_FILE} are "
+            "missing). Fix: name a finished run directory, runs/<run>"
+        )
     if what == "adapter":
         folder = run_dir / artifacts.MODEL_DIR
     elif what == "merged":
         folder = run_dir / "merged"
+        if not folder.is_dir() and not artifacts.load_run_config(run_dir).method.uses_adapter:
+            folder = run_dir / artifacts.MODEL_DIR  # a full run's model is already the standalone model
     else:
         exports = sorted(run_dir.glob("gguf-*"), key=lambda p: p.stat().st_mtime)
         folder = exports[-1] if exports else run_dir / "gguf-f16"
@@ -41,13 +50,21 @@ def folder_to_push(run_dir: Path, what: str) -> Path:
     return folder
 
 
+def hub_offline_variable() -> str | None:
+    """The variable that puts huggingface_hub offline (it reads TRANSFORMERS_OFFLINE too), or None."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return name
+    return None
+
+
 def check_hub_access() -> str:
     """The token, or a ResourceNotFoundError naming the fix (offline mode, no login). Never prints it."""
     from huggingface_hub import get_token
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if variable := hub_offline_variable():
         raise ResourceNotFoundError(
-            "HF_HUB_OFFLINE is set, so nothing can be uploaded. Fix: unset HF_HUB_OFFLINE (and, in mainland "
+            f"{variable} is set, so nothing can be uploaded. Fix: unset {variable} (and, in mainland "
             "China, set HF_ENDPOINT to a reachable mirror) and push again"
         )
     token = get_token()
@@ -61,16 +78,20 @@ def check_hub_access() -> str:
 
 def push(run_dir: Path, repo: str, what: str = "adapter", private: bool = False) -> str:
     if what not in WHAT:
-        raise ConfigError(f"--what {what!r} is not one of {', '.join(WHAT)}")
+        raise ConfigError(
+            f"--what {what!r} is not something push uploads. Fix: --what adapter (the run's model/, the "
+            "default), merged (after poetry-sft merge) or gguf (after poetry-sft export)"
+        )
     if repo.count("/") != 1 or not all(repo.split("/")):
-        raise ConfigError(f"--repo {repo!r} must be user/name (or org/name)")
+        raise ConfigError(
+            f"--repo {repo!r} is not a Hub repo id. Fix: --repo <your user or org>/<name>, e.g. --repo "
+            f"me/{repo.strip('/').replace('/', '-') or 'qwen3-poet'}"
+        )
     folder = folder_to_push(run_dir, what)
     token = check_hub_access()
-    from huggingface_hub import HfApi
-
     cfg = artifacts.load_run_config(run_dir)
     card = (folder / CARD_FILE).read_text(encoding="utf-8") if (folder / CARD_FILE).is_file() else None
-    if card is None or "REPO" in card:
+    if card is None:
         kind = (
             "gguf"
             if what == "gguf"
@@ -79,17 +100,79 @@ def push(run_dir: Path, repo: str, what: str = "adapter", private: bool = False)
             else "merged"
         )
         gguf_file = next((p.name for p in folder.glob("*.gguf")), None)
-        text = card if card else Path(write_card(folder, run_dir, cfg, kind, gguf_file=gguf_file)).read_text()
-        (folder / CARD_FILE).write_text(text.replace('"REPO"', f'"{repo}"'), encoding="utf-8")
+        card = card_text(run_dir, cfg, kind, gguf_file=gguf_file)
+    card = card.replace('"REPO"', f'"{repo}"')  # the usage snippet, for this repo (the local copy keeps REPO)
+    with _explain_hub_failure(repo):
+        return _upload(folder, repo, card, private, token, f"poetry_sft: {what} of {run_dir.name}")
+
+
+def _upload(folder: Path, repo: str, card: str, private: bool, token: str, message: str) -> str:
+    """The folder and its card as one commit: a cut connection leaves no half-uploaded revision on the Hub,
+    and the local folder is never written."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
     api = HfApi(token=token)
     url = api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(
-        repo_id=repo,
-        folder_path=str(folder),
-        repo_type="model",
-        commit_message=f"poetry_sft: {what} of {run_dir.name}",
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != CARD_FILE
     )
+    operations = [
+        CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+        for p in files
+    ]
+    operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode("utf-8")))
+    api.create_commit(repo_id=repo, operations=operations, commit_message=message, repo_type="model")
     return str(url)
+
+
+@contextlib.contextmanager
+def _explain_hub_failure(repo: str) -> Iterator[None]:
+    """The Hub unreachable, offline mode, a refused token: one message, not an httpx traceback."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    endpoint = constants.ENDPOINT
+    nothing = "Nothing was uploaded (the files go up as one commit)."
+    try:
+        yield
+    except OfflineModeIsEnabled as err:
+        raise ResourceNotFoundError(
+            f"huggingface_hub is in offline mode ({err}). {nothing} Fix: unset HF_HUB_OFFLINE and "
+            "TRANSFORMERS_OFFLINE, then push again"
+        ) from err
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        why = {
+            401: "the Hub refused the token (expired or mistyped)",
+            403: f"the token may not write to {repo} (a read-only token, or another user's or org's name)",
+        }.get(status or 0, f"the Hub answered {status}: {str(err).splitlines()[0][:200]}")
+        raise ResourceNotFoundError(
+            f"could not upload to {repo} on {endpoint}: {why}. {nothing} Fix: `hf auth login` with a write "
+            "token (https://huggingface.co/settings/tokens), and push to your own user/name or an org you "
+            "can write to"
+        ) from err
+    except Exception as err:
+        if not _is_network_error(err):
+            raise
+        detail = str(err).splitlines()[0][:200] if str(err) else ""
+        raise ResourceNotFoundError(
+            f"could not reach {endpoint} ({type(err).__name__}: {detail}). "
+            f"{nothing} Fix: check the connection (and HF_ENDPOINT, a proxy, a mirror that accepts uploads), "
+            "then push again"
+        ) from err
+
+
+def _is_network_error(err: BaseException) -> bool:
+    """httpx's or requests' connection, timeout, proxy and TLS errors (huggingface_hub uses either)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        module = type(seen).__module__.split(".")[0]
+        if module.startswith(("httpx", "httpcore", "requests", "urllib3")) or isinstance(
+            seen, (ConnectionError, TimeoutError)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @command

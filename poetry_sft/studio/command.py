@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_port(host: str, port: int) -> None:
+    """A port that cannot be served, said before the page is built (Gradio's own error is a traceback)."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            f"--port {port} is not a port. Fix: give one in 1-65535, e.g. --port 7860 (the default)"
+        )
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ConfigError(
+            f"--host {host} is not an address of this machine ({err.strerror}). Fix: --host 127.0.0.1 (this "
+            "machine only, the default) or --host 0.0.0.0 (every network it is on)"
+        ) from err
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        if (
+            os.name != "nt"
+        ):  # as the server binds: a port in TIME_WAIT is free (on Windows this would steal it)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            taken = err.errno == errno.EADDRINUSE
+            raise ConfigError(
+                f"cannot serve on {host}:{port}: "
+                + (
+                    "the port is in use (another studio, or another program)"
+                    if taken
+                    else f"{err.strerror} (ports below 1024 need root)"
+                )
+                + f". Fix: choose another, --port {port + 1 if port < 65535 else 7860}"
+                + (f", or stop what uses it (lsof -i :{port} shows it)" if taken else "")
+            ) from err
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
@@ -50,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if importlib.util.find_spec("gradio") is None:
         raise ConfigError("the studio needs Gradio: pip install -e '.[studio]'")
+    _check_port(args.host, args.port)
+    if args.cache_size < 1:
+        raise ConfigError(
+            f"--cache-size {args.cache_size} must be at least 1 (the runs whose models stay loaded). Fix: "
+            "--cache-size 1, the default"
+        )
     if args.host not in LOCAL_HOSTS:
         print(
             f"warning: --host {args.host} serves the studio to other machines, with no login: anyone who can "

@@ -74,6 +74,7 @@ def grpo_config(
         num_train_epochs=train.num_train_epochs,
         max_steps=train.max_steps,
         logging_steps=train.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN/inf loss must show: it stops the run (NonFiniteLossCallback)
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
@@ -120,6 +121,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path) -> GRPOTrainer:
     )
     assert trainer.model is not None
     sft.keep_adapters_fp32(trainer.model)
+    from poetry_sft.train.callbacks import NonFiniteLossCallback
+
+    trainer.add_callback(NonFiniteLossCallback(cfg, str(resolve_precision(cfg.train.precision))))
     return trainer
 
 

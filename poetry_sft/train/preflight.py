@@ -59,11 +59,16 @@ def _path_problems(cfg: RunConfig) -> list[str]:
             "the shipped sample: data=sample"
         )
     model = cfg.model.name_or_path
-    if cfg.model.random_init is None and _looks_local(model) and not Path(model).expanduser().is_dir():
+    local = Path(model).expanduser()
+    if cfg.model.random_init is None and _looks_local(model) and not local.is_dir():
         problems.append(
             f"model.name_or_path={model} is not a directory. Fix: name a folder with config.json and the "
             "weights (huggingface-cli download Qwen/Qwen3-0.6B --local-dir ./qwen3-0.6b), or a Hub id"
         )
+    elif cfg.model.random_init is None and local.is_dir() and not (local / "config.json").is_file():
+        from poetry_sft.model.loading import local_model_dir_problem
+
+        problems.append("model.name_or_path: " + local_model_dir_problem(local).replace("\n  Fix:", " Fix:"))
     return problems
 
 

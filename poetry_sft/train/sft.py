@@ -6,6 +6,7 @@ import logging
 import shutil
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from poetry_sft.config.schema import (
 )
 from poetry_sft.data.corpus import prepare_poems
 from poetry_sft.data.prompts import refuse_control_tokens
-from poetry_sft.errors import DiskFullError, is_disk_full
+from poetry_sft.errors import DiskFullError, RunDirError, is_disk_full, is_unwritable
 from poetry_sft.model.loading import (
     load_for_training,
     load_tokenizer,
@@ -83,6 +84,7 @@ def _our_sft_args(cfg: RunConfig, run_dir: Path, precision: Precision, cuda: boo
         dataloader_num_workers=train.dataloader_num_workers,
         include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
         report_to=train.report_to,
+        logging_nan_inf_filter=False,  # a NaN/inf loss must show: it stops the run (NonFiniteLossCallback)
     )
 
 
@@ -100,14 +102,21 @@ def trainer_problems(cfg: RunConfig) -> list[str]:
     problems = []
     for key in cfg.trainer:
         if key in ours:
+            instead = _OUR_KEY_FOR.get(key)
             problems.append(
-                f"trainer.{key} is set by our config groups (method/hardware/train/data): change it there "
-                f"(grep conf/ for {key}) instead of passing it through"
+                f"trainer.{key} is set by our config. Fix: use {instead} instead of passing it through"
+                if instead
+                else f"trainer.{key} is set by poetry_sft itself (train/sft.py). Fix: drop it"
             )
         elif key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" Did you mean trainer.{close[0]}?" if close else ""
-            problems.append(f"trainer.{key} is not an option of TRL's SFTConfig.{hint}")
+            problems.append(
+                f"trainer.{key} is not an option of TRL's SFTConfig.{hint} Fix: name one of SFTConfig's "
+                "fields (TRL's docs list them), or drop it"
+            )
+        elif problem := _pass_through_type_problem(key, cfg.trainer[key]):
+            problems.append(problem)
     if cfg.trainer.get("use_liger_kernel"):
         import importlib.util
 
@@ -117,6 +126,91 @@ def trainer_problems(cfg: RunConfig) -> list[str]:
                 "pip install liger-kernel, or drop the option"
             )
     return problems
+
+
+# SFTConfig's arguments that our keys set (sft_config), for the refusal of trainer.<them>
+_OUR_KEY_FOR = {
+    "per_device_train_batch_size": "hardware.per_device_train_batch_size",
+    "per_device_eval_batch_size": "hardware.per_device_train_batch_size",
+    "gradient_accumulation_steps": "hardware.gradient_accumulation_steps",
+    "gradient_checkpointing": "hardware.gradient_checkpointing",
+    "max_length": "hardware.max_length",
+    "optim": "method.optimizer",
+    "learning_rate": "method.learning_rate",
+    "warmup_steps": "train.warmup_ratio",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "packing": "data.batching",
+    "padding_free": "data.batching",
+    "output_dir": "run_dir",
+    **{
+        name: f"train.{name}"
+        for name in (
+            "lr_scheduler_type",
+            "weight_decay",
+            "max_grad_norm",
+            "num_train_epochs",
+            "max_steps",
+            "logging_steps",
+            "eval_steps",
+            "save_steps",
+            "save_total_limit",
+            "seed",
+            "dataloader_num_workers",
+            "report_to",
+        )
+    },
+}
+
+
+def _pass_through_type_problem(key: str, value: Any) -> str | None:
+    """A `trainer.*` value of the wrong type for its SFTConfig field (trainer.neftune_noise_alpha=abc would
+    pass SFTConfig, a plain dataclass, and fail at the first step). Fields that also take text (optim,
+    report_to, ...) take any text here: TRL reads those itself."""
+    import typing
+
+    from trl import SFTConfig
+
+    hint = typing.get_type_hints(SFTConfig).get(key)
+    if hint is None or value is None:
+        return None
+    allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        allowed = [hint]
+    if any(_has_type(value, kind) for kind in allowed):
+        return None
+    wanted = " or ".join(_TYPE_WORDS.get(typing.get_origin(a) or a, str(a)) for a in allowed)
+    shown = " | ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(hint) or [hint])
+    shown = shown.replace("NoneType", "None")
+    first = typing.get_origin(allowed[0]) or allowed[0]
+    example = {bool: "true", int: "1", float: "0.5", dict: "{key: value}", list: "[a,b]"}.get(first, "...")
+    return (
+        f"trainer.{key}={value!r} must be {wanted} (TRL's SFTConfig.{key}: {shown}). Fix: give it {wanted}, "
+        f"e.g. trainer.{key}={example}"
+    )
+
+
+_TYPE_WORDS: dict[Any, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "text",
+    dict: "a mapping",
+    list: "a list",
+}
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    import typing
+
+    origin = typing.get_origin(kind) or kind
+    if not isinstance(origin, type):
+        return True  # Any, Literal, a TypeVar: not checked here
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin)
 
 
 def _batching_args(cfg: RunConfig) -> dict[str, Any]:
@@ -163,6 +257,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, poems: DataConfig | None = None
     )
     assert trainer.model is not None
     _keep_adapters_fp32(trainer.model)
+    from poetry_sft.train.callbacks import NonFiniteLossCallback
+
+    trainer.add_callback(NonFiniteLossCallback(cfg, str(resolve_precision(cfg.train.precision))))
     if cfg.generation.eval_titles:  # poems scored at each evaluation, logged beside eval_loss
         from poetry_sft.train.callbacks import PoetryEvalCallback
 
@@ -373,7 +470,13 @@ def _explain_disk_full(run_dir: Path, what: str) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        if not is_disk_full(err):
+        if is_unwritable(err):  # made read-only, or its permissions changed, while the run trained
+            raise RunDirError(
+                f"cannot write to {run_dir} while saving {what} ({err}): the folder or its disk became "
+                "read-only.\n  Fix: make it writable again and run the same command: it resumes from the "
+                "last complete checkpoint."
+            ) from err
+        if not is_disk_full(err, run_dir):
             raise
         artifacts.discard_incomplete_checkpoints(run_dir)
         if what == "the trained model":

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import signal
 import subprocess
@@ -48,6 +49,8 @@ _SAFE_OVERRIDE_VALUE = re.compile(r"[\w./:\\~+-]+")
 # The keys this sweep varies (set when a multirun starts: sweep_report.SummaryCallback), so a name that
 # must be shortened keeps their values readable.
 _swept_keys: set[str] = set()
+# ... and for jobs that name their directory in another process (submitit, SLURM), which inherits the env
+_SWEPT_KEYS_ENV = "POETRY_SFT_SWEPT_KEYS"
 _ITEM = re.compile(r",(?=[+~]*[\w.@/-]+=)")  # the commas that separate overrides, not those inside a list
 
 
@@ -64,9 +67,10 @@ def job_dirname(override_dirname: str) -> str:
     name = _SAFE_NAME.sub("_", override_dirname)
     if name != override_dirname or len(name.encode("utf-8")) > 120:  # file names: 255 bytes, CJK: 3 each
         digest = hashlib.sha1(override_dirname.encode("utf-8")).hexdigest()[:8]
-        if len(name.encode("utf-8")) > 120 and _swept_keys:
+        swept_keys = _swept_keys or set(filter(None, os.environ.get(_SWEPT_KEYS_ENV, "").split(",")))
+        if len(name.encode("utf-8")) > 120 and swept_keys:
             items = _ITEM.split(override_dirname)
-            swept = [item for item in items if item.partition("=")[0].lstrip("+~") in _swept_keys]
+            swept = [item for item in items if item.partition("=")[0].lstrip("+~") in swept_keys]
             name = _SAFE_NAME.sub("_", ",".join(swept)) or name
         name = f"{name.encode('utf-8')[:100].decode('utf-8', errors='ignore')}_{digest}"
     return name
@@ -87,6 +91,7 @@ def remember_swept_keys(config: DictConfig) -> None:
     keys |= set(params or {})
     _swept_keys.clear()
     _swept_keys.update(keys)
+    os.environ[_SWEPT_KEYS_ENV] = ",".join(sorted(keys))
 
 
 def register_resolvers() -> None:
@@ -161,14 +166,19 @@ def _echo(raw: bytes, line: str) -> None:
 
 
 def _summary(returncode: int, lines: list[str]) -> str:
-    """One line saying why a job died: our own error message, the exception, or the signal."""
+    """Why a job died: our own error paragraph, the exception, or the signal."""
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
-    ours = [line for line in lines if line.startswith(ERROR_PREFIX)]
-    if ours:
-        return ours[-1].removeprefix(ERROR_PREFIX)
+    ours = [i for i, line in enumerate(lines) if line.startswith(ERROR_PREFIX)]
+    if ours:  # our error paragraph: its first line and the indented ones after it (- problem, Fix: ...)
+        paragraph = [lines[ours[-1]].removeprefix(ERROR_PREFIX)]
+        for line in lines[ours[-1] + 1 :]:
+            if not line.startswith((" ", "\t")):
+                break
+            paragraph.append(line)
+        return "\n".join(paragraph)
     errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
     return (errors or lines or [f"exit status {returncode}"])[-1]
 

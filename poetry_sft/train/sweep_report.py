@@ -22,7 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from poetry_sft.errors import RunDirError, command
+from poetry_sft.errors import RunDirError, command, write_failure
 from poetry_sft.run import artifacts
 from poetry_sft.train.sweep import METRIC, remember_swept_keys
 
@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         raise RunDirError(
             f"{err}\n  Fix: give a multirun directory (multirun/<time>) that holds jobs"
         ) from err
+    except OSError as err:  # a read-only copy of a sweep, a full disk: the summary files cannot be written
+        if failure := write_failure(args.sweep_dir, err, "the summary", "a copy of the sweep folder"):
+            raise failure from err
+        raise
     print(written["md"].read_text(encoding="utf-8"))
     print("written:", ", ".join(str(p) for p in written.values()))
     return 0
