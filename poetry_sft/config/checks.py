@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poetry_sft.config.schema import (
     OPTIMIZERS,
+    Precision,
     PromptStyle,
     RunConfig,
     SamplingConfig,
@@ -49,6 +50,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         problems.append(f"data.forms: unknown {unknown}; choose from {', '.join(CORPUS_FORMS)}")
     problems += _prompt_problems(cfg)
     problems += sampling_problems(cfg.generation)
+    if cfg.model.random_init and cfg.model.random_init.saved_precision is Precision.auto:
+        problems.append(
+            "model.random_init.saved_precision=auto: weights are saved in one dtype; give bf16, fp16 or fp32"
+        )
     if problems:
         raise ConfigError(
             "invalid configuration:\n  - "
