@@ -39,16 +39,16 @@ SHARED_POEMS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 SEED_PROMPT = "请创作一首古诗，主题关于{title}：\n"
 PAIRS = ("qlora@4gb", "lora@4gb", "qlora@8gb", "lora@8gb", "full@8gb", "full@4gb")
 SEED = "seed baseline"
-# --cpu-real-shape: Qwen3-0.6B's shape on a 2-core CPU in under 20 minutes (docs/real-size.md). Batch 1:
-# a step of 32 poems (the 8gb profile's 8 x 4) takes about an hour there.
+# --cpu-real-shape: Qwen3-0.6B's shape on a 2-core CPU in about 20 minutes (docs/real-size.md). Batch 1 and
+# no accumulation: the 8gb profile's 8 x 4 = 32 poems a step would make every step 32 times as long.
 CPU_REAL_SHAPE = {
     "model": "qwen3_0.6b_random",
     "pairs": "full@8gb,lora@8gb,qlora@8gb,dora@8gb",
-    "steps": 4,
+    "steps": 2,
     "rows": 2000,
     "batch": 1,
     "accumulation": 1,
-    "eval_size": 8,
+    "eval_size": 4,
     "repeats": 3,
 }
 # Dense bf16 peak of the GPUs this is likely to meet, TFLOP/s (vendor sheets; no sparsity).
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
             "device": _device(),
             "cpu_threads": _torch_threads(),
             "total_wall_s": round(time.perf_counter() - started, 1),
+            "total_cpu_s": _children_cpu_seconds(),  # the runs' CPU seconds: the wall time on an idle core
+            "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
             "summary": summary,
             "runs": runs,
         }
@@ -116,9 +118,6 @@ def main(argv: list[str] | None = None) -> None:
 def _summarise(runs: list[dict]) -> list[dict]:
     """Per run name: medians over the rounds, and the median of each round's ratio to that round's seed."""
     names = list(dict.fromkeys(r["run"] for r in runs))
-    seed_by_round = {
-        r["round"]: r["tokens_per_s"] for r in runs if r["run"] == SEED and r.get("tokens_per_s")
-    }
     summary = []
     for name in names:
         rows = [r for r in runs if r["run"] == name]
@@ -127,20 +126,30 @@ def _summarise(runs: list[dict]) -> list[dict]:
             summary.append({"run": name, "rounds": len(rows), "error": rows[-1]["error"]})
             continue
         row: dict = {"run": name, "rounds": len(done)}
-        for key in ("tokens_per_s", "train_runtime_s", "eval_runtime_s", "wall_s", "peak_gib", "mfu"):
+        for key in ("tokens_per_s", "tokens_per_cpu_s", "train_runtime_s", "train_cpu_s", "eval_runtime_s"):
+            values = [r[key] for r in done if r.get(key) is not None]
+            row[key] = round(statistics.median(values), 3) if values else None
+        for key in ("wall_s", "peak_gib", "mfu"):
             values = [r[key] for r in done if r.get(key) is not None]
             row[key] = round(statistics.median(values), 3) if values else None
         for key in ("trained_tokens", "plan_gib", "peak_allocated_gib"):
             row[key] = done[-1].get(key)
-        ratios = [
-            r["tokens_per_s"] / seed_by_round[r["round"]]
-            for r in done
-            if r.get("tokens_per_s") and r["round"] in seed_by_round
-        ]
-        row["x_baseline"] = round(statistics.median(ratios), 2) if ratios else None
-        row["x_baseline_range"] = [round(min(ratios), 2), round(max(ratios), 2)] if ratios else None
+        for speed, suffix in (("tokens_per_s", ""), ("tokens_per_cpu_s", "_cpu")):
+            seeds = {r["round"]: r[speed] for r in runs if r["run"] == SEED and r.get(speed)}
+            ratios = [r[speed] / seeds[r["round"]] for r in done if r.get(speed) and r["round"] in seeds]
+            row[f"x_baseline{suffix}"] = round(statistics.median(ratios), 2) if ratios else None
+            row[f"x_baseline{suffix}_range"] = (
+                [round(min(ratios), 2), round(max(ratios), 2)] if ratios else None
+            )
         summary.append(row)
     return summary
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(usage.ru_utime + usage.ru_stime, 1)
 
 
 def _device() -> str:
@@ -211,15 +220,10 @@ def _collect(name: str, command: list[str], metrics_file: Path, args: argparse.N
         return row
     metrics = json.loads(metrics_file.read_text())
     shutil.rmtree(metrics_file.parent, ignore_errors=True)  # its checkpoint and model: GBs at the 0.6B shape
-    keys = (
-        "tokens_per_s",
-        "trained_tokens",
-        "train_runtime_s",
-        "eval_runtime_s",
-        "checkpoint_save_s",
-        "eval_loss",
-    )
-    row.update({k: metrics.get(k) for k in keys})
+    keys = ("tokens_per_s", "trained_tokens", "train_runtime_s", "train_cpu_s", "eval_runtime_s")
+    row.update({k: metrics.get(k) for k in (*keys, "checkpoint_save_s", "eval_loss")})
+    if metrics.get("train_cpu_s"):  # CPU seconds of the training loop: what the other jobs' load leaves alone
+        row["tokens_per_cpu_s"] = round(metrics["trained_tokens"] / metrics["train_cpu_s"], 2)
     row["peak_gib"] = metrics.get("peak_gpu_reserved_gib", metrics.get("peak_cpu_rss_gib"))
     row["peak_allocated_gib"] = metrics.get("peak_gpu_allocated_gib")
     row["plan_gib"] = metrics.get("planned_peak_gib")
@@ -246,7 +250,18 @@ def _table(summary: list[dict], args: argparse.Namespace) -> str:
         f"bench_hardware: model={args.model}, {args.steps} steps, batch {args.batch or 'per profile'} x "
         f"{args.accumulation or 'per profile'}, {args.rows} poems, {args.eval_size} eval poems, "
         f"median of {args.repeats} round(s), device={_device()}",
-        _row("run", "peak GiB", "plan GiB", "plan err", "real tok/s", "x seed", "eval s", "MFU"),
+        _row(
+            "run",
+            "peak GiB",
+            "plan GiB",
+            "plan err",
+            "real tok/s",
+            "x seed",
+            "tok/CPU-s",
+            "x seed CPU",
+            "eval s",
+            "MFU",
+        ),
     ]
     for r in summary:
         if "error" in r:
@@ -263,21 +278,24 @@ def _table(summary: list[dict], args: argparse.Namespace) -> str:
                 _fmt(r["peak_gib"], ".2f"),
                 _fmt(r.get("plan_gib"), ".2f"),
                 err,
-                _fmt(r["tokens_per_s"], ".0f"),
+                _fmt(r["tokens_per_s"], ".0f" if (r["tokens_per_s"] or 0) >= 100 else ".2f"),
                 _fmt(r.get("x_baseline"), ".2f"),
+                _fmt(r.get("tokens_per_cpu_s"), ".2f"),
+                _fmt(r.get("x_baseline_cpu"), ".2f"),
                 _fmt(r.get("eval_runtime_s"), ".1f"),
                 _fmt(r["mfu"], ".1%"),
             )
         )
     lines.append(
         "peak = torch.cuda.max_memory_reserved (CPU: process peak RSS); real tok/s counts non-pad tokens of "
-        "the training loop (no evaluation, no checkpoint save); x seed = median of the rounds' ratios"
+        "the training loop (no evaluation, no checkpoint save), per wall and per CPU second of its process; "
+        "x seed = median of the rounds' ratios"
     )
     return "\n".join(lines)
 
 
 def _row(*cells: str) -> str:
-    widths = (15, 10, 10, 10, 12, 8, 8, 7)
+    widths = (15, 10, 10, 10, 12, 8, 11, 12, 8, 7)
     return cells[0].ljust(widths[0]) + "".join(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
 
 
@@ -343,6 +361,7 @@ def _baseline_job(job: Path) -> None:
             "tokens_per_s": round(real / clock.train_seconds, 1),
             "trained_tokens": real,
             "train_runtime_s": round(clock.train_seconds, 2),
+            "train_cpu_s": round(clock.train_cpu_seconds, 2),
             "eval_runtime_s": round(clock.eval_seconds, 2),
             "checkpoint_save_s": round(clock.save_seconds, 2),
             "eval_loss": evaluations[-1]["eval_loss"] if evaluations else None,

@@ -218,6 +218,7 @@ def test_tokens_per_s_counts_training_time_only(
     assert calls == {"evaluate": 2, "save": 2}, "steps 2 and 4, and no second evaluation at the end"
     assert metrics["eval_runtime_s"] >= 2 * delay and metrics["checkpoint_save_s"] >= 2 * delay
     assert 0 < metrics["train_runtime_s"] <= wall["train"] - 4 * delay + 0.01
+    assert metrics["train_cpu_s"] > 0  # the same span in CPU seconds (a sleep takes none)
     assert metrics["tokens_per_s"] == pytest.approx(
         metrics["trained_tokens"] / metrics["train_runtime_s"], rel=0.01
     )

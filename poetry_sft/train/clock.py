@@ -24,50 +24,67 @@ if TYPE_CHECKING:
 
 class TrainingClock(TrainerCallback):
     """Seconds of `trainer.train()`: the whole loop, and the parts spent evaluating and saving checkpoints.
-    `train_seconds` is the rest: forward, backward, optimizer steps and data loading."""
+    `train_seconds` is the rest: forward, backward, optimizer steps and data loading. The same split is
+    kept in CPU seconds of this process (all its threads): on a machine shared with other jobs, wall time
+    stretches with their load while CPU seconds mostly do not (bench/bench_hardware.py compares both)."""
 
     def __init__(self) -> None:
-        self.loop_seconds = 0.0
-        self.eval_seconds = 0.0
-        self.save_seconds = 0.0
-        self._loop_started: float | None = None
-        self._mark: float | None = None  # when the current stretch of non-training work began
+        self.loop_seconds = self.eval_seconds = self.save_seconds = 0.0
+        self.loop_cpu_seconds = self.eval_cpu_seconds = self.save_cpu_seconds = 0.0
+        self._loop_started: tuple[float, float] | None = None
+        self._mark: tuple[float, float] | None = None  # when the current stretch of non-training work began
 
     @property
     def train_seconds(self) -> float:
         return max(self.loop_seconds - self.eval_seconds - self.save_seconds, 0.0)
 
+    @property
+    def train_cpu_seconds(self) -> float:
+        return max(self.loop_cpu_seconds - self.eval_cpu_seconds - self.save_cpu_seconds, 0.0)
+
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._loop_started = self._mark = time.perf_counter()  # eval_on_start counts as evaluation
+        self._loop_started = self._mark = _now()  # eval_on_start counts as evaluation
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._mark = time.perf_counter()
+        self._mark = _now()
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.eval_seconds += self._lap()
+        wall, cpu = self._lap()
+        self.eval_seconds += wall
+        self.eval_cpu_seconds += cpu
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.save_seconds += self._lap()
+        wall, cpu = self._lap()
+        self.save_seconds += wall
+        self.save_cpu_seconds += cpu
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if self._loop_started is not None:
-            self.loop_seconds += time.perf_counter() - self._loop_started
+            now = _now()
+            self.loop_seconds += now[0] - self._loop_started[0]
+            self.loop_cpu_seconds += now[1] - self._loop_started[1]
         self._loop_started = self._mark = None
 
-    def _lap(self) -> float:
-        """Seconds since the mark, and a new mark; 0 outside the training loop (an evaluate() after it)."""
+    def _lap(self) -> tuple[float, float]:
+        """Wall and CPU seconds since the mark, and a new mark; zero outside the training loop (an
+        evaluate() after it)."""
         if self._mark is None:
-            return 0.0
-        now = time.perf_counter()
-        seconds, self._mark = now - self._mark, now
-        return seconds
+            return 0.0, 0.0
+        now = _now()
+        wall, cpu = now[0] - self._mark[0], now[1] - self._mark[1]
+        self._mark = now
+        return wall, cpu
+
+
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()

@@ -306,6 +306,7 @@ def _measure(
         "first_logged_loss": next((h["loss"] for h in trainer.state.log_history if "loss" in h), None),
         "global_step": trainer.state.global_step,
         "train_runtime_s": round(train_seconds, 2),
+        "train_cpu_s": round(clock.train_cpu_seconds, 2),  # CPU seconds of this process over the same time
         "eval_runtime_s": round(clock.eval_seconds, 2),
         "checkpoint_save_s": round(clock.save_seconds, 2),
         "trained_tokens": tokens,
