@@ -17,7 +17,12 @@ and prompt: where the next token would differ, and by how much the logits do), p
 `<out>/merge_check.json` with the seconds each part took. `--poems N` also writes N greedy poems
 with both models and counts the identical ones: two full generations per poem, the slow part.
 
-The seconds of each part at Qwen3-0.6B's shape on a 2-core CPU are in docs/real-size.md.
+At Qwen3-0.6B's shape on a 2-core CPU (a 2-step LoRA run of the random real-shape model, bf16 on disk;
+`python -m bench.merge_timing`, load average ~4.6, docs/real-size.md): `merge` took 50 s wall, of which
+loading and merging 12.5 s, the logit check 34 s, saving the 1.19 GB model 0.6 s; `--poems 1` added
+238 s for its one poem (two greedy generations of up to 128 tokens). The merged weights are rounded to
+the base's bf16, so even a LoRA merge is not bit-exact there: max |Δlogit| 0.067, the same next token at
+94.9% of the 295 positions (a random model's logits are near-tied), the one greedy poem not identical.
 """
 
 from __future__ import annotations
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="N",
         help="also write N greedy poems with the trained and the merged model and count the identical ones "
-        "(two full generations each: minutes per poem at 0.6B on a CPU)",
+        "(two full generations each: about 4 minutes a poem at the 0.6B shape on a 2-core CPU)",
     )
     args = parser.parse_args(argv)
     if args.poems < 0:
