@@ -6,7 +6,7 @@ capped at the profile's VRAM, as on the consumer card. Data: real poem lengths f
 
     python -m bench.bench_hardware                       # GPU: Qwen3-0.6B shape, real Qwen vocabulary
     python -m bench.bench_hardware --cpu-real-shape --out bench/results/cpu_real_shape.json
-                                                         # CPU, 0.6B shape, batch 1, 3 rounds (< 20 min)
+                                                         # CPU, 0.6B shape, batch 1, 3 rounds (~11 min)
     python -m bench.bench_hardware --model tiny --steps 3 --rows 256   # CPU smoke run (what the test does)
 
 Every run, ours and the seed's, follows one evaluation policy: it evaluates once, at its last step, on
@@ -14,7 +14,8 @@ Every run, ours and the seed's, follows one evaluation policy: it evaluates once
 alone (train/clock.py: evaluations and checkpoint saves left out), and the evaluation's seconds are
 reported beside it. `--repeats R` runs every pair and the seed R times, interleaved (one round is each
 run once), and reports medians; the ratio to the seed is the median of each round's ratio, so load that
-drifts between rounds cancels out.
+drifts between rounds cancels out. On CPU the runs wait passively (OMP_WAIT_POLICY=PASSIVE, see
+`_run_environment`): spinning threads made the training time grow with other jobs' load.
 
 Baseline = the seed recipe: fp32 full fine-tuning, every 1,000-row map batch padded to its longest,
 labels = input_ids (prompt trained too), pad = eos, no packing; otherwise full@<hardware>'s settings
@@ -39,7 +40,7 @@ SHARED_POEMS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 SEED_PROMPT = "请创作一首古诗，主题关于{title}：\n"
 PAIRS = ("qlora@4gb", "lora@4gb", "qlora@8gb", "lora@8gb", "full@8gb", "full@4gb")
 SEED = "seed baseline"
-# --cpu-real-shape: Qwen3-0.6B's shape on a 2-core CPU in about 20 minutes (docs/real-size.md). Batch 1 and
+# --cpu-real-shape: Qwen3-0.6B's shape on a 2-core CPU, 11 minutes at load 5 (docs/real-size.md). Batch 1 and
 # no accumulation: the 8gb profile's 8 x 4 = 32 poems a step would make every step 32 times as long.
 CPU_REAL_SHAPE = {
     "model": "qwen3_0.6b_random",
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "device": _device(),
             "cpu_threads": _torch_threads(),
+            "omp_wait_policy": _run_environment().get("OMP_WAIT_POLICY"),
             "total_wall_s": round(time.perf_counter() - started, 1),
             "total_cpu_s": _children_cpu_seconds(),  # the runs' CPU seconds: the wall time on an idle core
             "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
@@ -211,7 +213,7 @@ def _run_baseline(args: argparse.Namespace, data: Path, work: Path) -> dict:
 def _collect(name: str, command: list[str], metrics_file: Path, args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(command, capture_output=True, text=True, env=_run_environment())
     row: dict = {"run": name, "wall_s": round(time.perf_counter() - started, 1)}
     row["load_avg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before, after
     if proc.returncode != 0 or not metrics_file.is_file():
@@ -229,6 +231,19 @@ def _collect(name: str, command: list[str], metrics_file: Path, args: argparse.N
     row["plan_gib"] = metrics.get("planned_peak_gib")
     row["mfu"] = _mfu(metrics, name)
     return row
+
+
+def _run_environment() -> dict[str, str]:
+    """Offline, and on CPU OpenMP's waiting threads asleep. torch's threads wait for each other at the end of
+    every parallel region; by default they spin while they wait, and on a machine shared with other jobs a
+    descheduled thread keeps the others spinning: the training time and its CPU seconds then grow with the
+    other jobs' load, several times over. Passive waiting keeps both close to the work done."""
+    import torch
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
 
 
 def _mfu(metrics: dict, name: str) -> float | None:
