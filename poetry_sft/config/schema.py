@@ -173,7 +173,8 @@ class HardwareConfig:
     # On a bigger GPU, cap this process's CUDA allocator at vram_gib so the run behaves like that card
     # (benchmarks, and checking a profile before you buy/borrow the card). No effect on CPU.
     emulate_budget: bool = False
-    # The memory plan (poetry_sft/model/plan.py) refuses a run it predicts will not fit vram_gib; true: try anyway.
+    # The memory plan (poetry_sft/model/plan.py) refuses a run it predicts will not fit vram_gib;
+    # true: try anyway.
     allow_over_budget: bool = False
 
 

@@ -2,7 +2,8 @@
 file, what is wrong with it and the fix, not a 30-76-line traceback from deep inside a loader.
 
     check_data_file(path)   .parquet / .jsonl / .json / .csv for training (poetry_sft/data/corpus.py)
-    read_text(path)         a text file decoded as UTF-8, refused when empty or blank (poetry_sft/evaluate/score.py)
+    read_text(path)         a text file decoded as UTF-8, refused when empty or blank
+                            (poetry_sft/evaluate/score.py)
     json_lines(path, text)  the objects of a JSON Lines file, a broken line named by its number
 
 Cost: one decode and one parse of the file in Python, paid only when the data pipeline reads the file
