@@ -219,6 +219,6 @@ def test_tokens_per_s_counts_training_time_only(
     assert metrics["eval_runtime_s"] >= 2 * delay and metrics["checkpoint_save_s"] >= 2 * delay
     assert 0 < metrics["train_runtime_s"] <= wall["train"] - 4 * delay + 0.01
     assert metrics["train_cpu_s"] > 0  # the same span in CPU seconds (a sleep takes none)
-    assert metrics["tokens_per_s"] == pytest.approx(
-        metrics["trained_tokens"] / metrics["train_runtime_s"], rel=0.01
-    )
+    # the speed is the tokens over that time (train_runtime_s is rounded to 10 ms; a tiny run takes ~0.1 s)
+    seconds, tokens = metrics["train_runtime_s"], metrics["trained_tokens"]
+    assert tokens / (seconds + 0.005) <= metrics["tokens_per_s"] <= tokens / (seconds - 0.005)
