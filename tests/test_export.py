@@ -13,8 +13,10 @@ import pytest
 import torch
 from conftest import PYTHON, run_config, tiny_overrides
 
+from poetry_sft.config.templates import prompt_template
 from poetry_sft.data.prompts import chat_prompt, generation_prompt
 from poetry_sft.errors import ConfigError, RunDirError
+from poetry_sft.run import artifacts
 from poetry_sft.ship import export, merge
 
 gguf = pytest.importorskip("gguf")
@@ -141,6 +143,8 @@ def test_gguf_metadata_renders_the_exact_training_prompt_and_stops_at_im_end(bpe
     assert metadata["general.sampling.temp"] == pytest.approx(cfg.generation.temperature)
     assert metadata["general.sampling.top_p"] == pytest.approx(cfg.generation.top_p)
     assert metadata["general.sampling.penalty_repeat"] == pytest.approx(cfg.generation.repetition_penalty)
+    # llama.cpp's tools take the penalty's window from here: prompt and poem, as transformers penalises
+    assert metadata["general.sampling.penalty_last_n"] == export.penalty_window(cfg) == 96 + 128
 
 
 def test_the_run_system_prompt_is_filled_in_when_the_chat_has_none(merged):
@@ -183,6 +187,9 @@ def test_ollama_modelfile_renders_the_training_prompt_and_stops_at_im_end(merged
     assert re.search(r'SYSTEM """(.*?)"""', text, re.S)[1] == system
     assert 'PARAMETER stop "<|im_end|>"' in text.splitlines()
     assert f"PARAMETER temperature {cfg.generation.temperature}" in text.splitlines()
+    assert (
+        f"PARAMETER repeat_last_n {export.penalty_window(cfg)}" in text.splitlines()
+    )  # Ollama's default: 64
     user = "以《春晓》为题，写一首古诗。"
     assert _render_ollama(template, system, user) == chat_prompt(tokenizer, system, user)
     assert _render_ollama(template, "", user) == chat_prompt(tokenizer, "", user)
@@ -257,28 +264,91 @@ def test_a_full_disk_leaves_nothing_under_the_final_name(bpe_run: Path, tmp_path
     assert list(out.parent.iterdir()) == [], "the staging directory is removed"
 
 
-@pytest.mark.slow
-def test_llama_cpp_writes_the_same_greedy_poem(bpe_run: Path, merged, tmp_path: Path):
-    """llama.cpp itself, through llama-cpp-python (built from source with a C++ compiler)."""
-    llama_cpp = pytest.importorskip(
+def _llama_cpp():
+    """llama.cpp itself, through llama-cpp-python: PyPI has it as source only (docs/real-size.md says how
+    to build it and run these tests)."""
+    return pytest.importorskip(
         "llama_cpp",
-        reason="llama-cpp-python is not installed (PyPI has it as source only: it compiles llama.cpp)",
+        reason="llama-cpp-python is not installed (source only on PyPI: CMAKE_BUILD_PARALLEL_LEVEL=2 pip "
+        "install llama-cpp-python compiles llama.cpp, 12-25 min on 2 cores; docs/real-size.md)",
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", export.QUANTS)
+def test_llama_cpp_writes_the_same_greedy_poems_from_the_prompt_and_from_the_file_s_template(
+    quant: str, bpe_run: Path, merged, tmp_path: Path
+):
+    """Each quant read by llama.cpp (weight repacking off, as the exported README says for q8_0 on AMX CPUs):
+    greedy poems equal ours from the training prompt, and from a chat rendered by the file's own template
+    (Jinja, as llama.cpp's --jinja renders it)."""
     import dataclasses
 
+    from bench.export_roundtrip import llama_cpp_greedy, llama_cpp_model
     from poetry_sft.evaluate.generate import generate_poems
 
+    _llama_cpp()
     model, tokenizer, cfg = merged
-    result = export.export_run(bpe_run, quant="f16", out=tmp_path / "llama")
-    llm = llama_cpp.Llama(model_path=str(result.gguf_file), n_ctx=256, verbose=False)
+    result = export.export_run(bpe_run, quant=quant, out=tmp_path / quant)
+    llm = llama_cpp_model(result.gguf_file)
+    assert llm.metadata["general.sampling.penalty_last_n"] == str(export.penalty_window(cfg))
     greedy = dataclasses.replace(
-        cfg.generation, do_sample=False, max_new_tokens=24, form=None, repetition_penalty=1.0
+        cfg.generation, do_sample=False, max_new_tokens=40, form=None, repetition_penalty=1.0
     )
-    ours = generate_poems(model, tokenizer, TITLES[:2], cfg.data, greedy, constrain=False)
-    for title, poem in zip(TITLES[:2], ours, strict=True):
-        prompt = generation_prompt(tokenizer, cfg.data, title)
-        out = llm(prompt, max_tokens=24, temperature=0.0, repeat_penalty=1.0, stop=["<|im_end|>"])
-        assert out["choices"][0]["text"].strip() == poem.content
+    ours = [p.content for p in generate_poems(model, tokenizer, TITLES, cfg.data, greedy, constrain=False)]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    theirs = [
+        tokenizer.decode(
+            llama_cpp_greedy(
+                llm, tokenizer(generation_prompt(tokenizer, cfg.data, t)).input_ids, end, 40, 1.0, 0
+            )
+        )
+        for t in TITLES
+    ]
+    assert theirs == ours
+    assert len(set(ours)) > 1, "the prompts lead to different poems"
+    user = prompt_template(cfg.data).format(title=TITLES[0])  # what a chat app sends: the user's words only
+    assert chat_prompt(tokenizer, cfg.data.system_prompt, user) == generation_prompt(
+        tokenizer, cfg.data, TITLES[0]
+    )
+    chat = llm.create_chat_completion(
+        messages=[{"role": "user", "content": user}], max_tokens=40, temperature=0.0, repeat_penalty=1.0
+    )
+    assert chat["choices"][0]["message"]["content"] == ours[0]
+
+
+@pytest.mark.slow
+def test_llama_cpp_with_the_export_s_penalty_window_penalises_as_transformers_does(
+    bpe_run: Path, merged, tmp_path: Path
+):
+    """llama.cpp's repeat penalty over the window the file and the Modelfile set (the prompt pushed first, as
+    llama-server and llama-completion do) picks the tokens transformers' penalty picks; over llama.cpp's
+    default 64 tokens it does not. Penalty 1.5: at the run's 1.1 this memorised run writes the same poems
+    whatever the window."""
+    import dataclasses
+
+    from bench.export_roundtrip import llama_cpp_greedy, llama_cpp_model
+    from poetry_sft.evaluate.generate import generate_poems
+
+    _llama_cpp()
+    model, tokenizer, cfg = merged
+    llm = llama_cpp_model(export.export_run(bpe_run, quant="f16", out=tmp_path / "f16").gguf_file)
+    titles, new_tokens, penalty = ["相思", "登鹳雀楼"], 60, 1.5
+    greedy = dataclasses.replace(
+        cfg.generation, do_sample=False, max_new_tokens=new_tokens, form=None, repetition_penalty=penalty
+    )
+    ours = [p.content for p in generate_poems(model, tokenizer, titles, cfg.data, greedy, constrain=False)]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompts = [tokenizer(generation_prompt(tokenizer, cfg.data, t)).input_ids for t in titles]
+    assert all(len(ids) + new_tokens <= export.penalty_window(cfg) for ids in prompts)
+
+    def llama_cpp_poems(window: int) -> list[str]:
+        return [
+            tokenizer.decode(llama_cpp_greedy(llm, ids, end, new_tokens, penalty, window)) for ids in prompts
+        ]
+
+    assert llama_cpp_poems(export.penalty_window(cfg)) == ours
+    assert llama_cpp_poems(64) != ours, "llama.cpp's default window samples differently"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +379,13 @@ def test_finished_run_merged_model_and_export_carry_a_bilingual_model_card(bpe_r
     assert "enable_thinking=False" in (bpe_run / "README.md").read_text()
     gguf_card = (exported.out / "README.md").read_text()
     assert "ollama create poet -f Modelfile" in gguf_card and "llama-quantize" in gguf_card
+    commands = re.findall(r"^(?:    |```sh\n)?((?:llama|ollama|lms)[\w-]* .*)$", gguf_card, re.M)
+    assert commands[0].startswith("llama-cli ") and " --jinja" in commands[0], (
+        "the first command renders Jinja"
+    )
+    assert all("--jinja" in c for c in commands if c.startswith(("llama-cli", "llama-server")))
+    assert "--no-repack" in gguf_card and "use_extra_bufts = False" in gguf_card, "q8_0 on AMX CPUs"
+    assert f"--repeat-last-n {export.penalty_window(artifacts.load_run_config(bpe_run))}" in gguf_card
     assert "gguf" in ModelCard.load(exported.out / "README.md").data.tags
 
 

@@ -288,17 +288,32 @@ def test_qlora_run_generates_on_the_4bit_base_it_trained_on(qlora_run: Path):
 
 
 def test_merge_prints_how_far_the_merged_model_is_from_the_trained_one(
-    qlora_run: Path, lora_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    qlora_run: Path, lora_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ):
-    assert merge.main([str(qlora_run), "--out", str(tmp_path / "q")]) == 0
+    def no_poems(*args, **kwargs):
+        raise AssertionError("the default check compares logits; it writes no poems")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "generate_poems", no_poems)
+        assert merge.main([str(qlora_run), "--out", str(tmp_path / "q")]) == 0
     printed = capsys.readouterr().out
     check = json.loads((tmp_path / "q" / merge.CHECK_FILE).read_text(encoding="utf-8"))
-    assert f"{check['greedy_poems_agreeing']}/6 greedy poems identical" in printed
-    assert "4-bit base" in printed
+    assert check["prompts"] == 6 and check["positions"] > 6 * 30, "each prompt with its poem"
+    assert (
+        f"the same next token at {check['next_token_agreement']:.2%}" in printed and "4-bit base" in printed
+    )
     assert check["max_abs_logit_diff"] > 0  # the unquantised base is not the one the adapter learned on
+    assert check["greedy_poems"] == 0 and check["greedy_poems_agreeing"] is None
+    assert set(check["seconds"]) == {"load_and_merge", "load_trained", "logit_check", "save"}
+    assert "took: load and merge" in printed
+
+    assert merge.main([str(lora_run), "--out", str(tmp_path / "l"), "--poems", "2"]) == 0
+    check = json.loads((tmp_path / "l" / merge.CHECK_FILE).read_text(encoding="utf-8"))
+    assert "2/2 greedy poems identical" in capsys.readouterr().out and "poem_check" in check["seconds"]
     trained, tokenizer, cfg = load_run(lora_run)
-    lora = merge.compare_models(trained, load_run(lora_run)[0].merge_and_unload(), tokenizer, cfg)
+    lora = merge.compare_models(trained, load_run(lora_run)[0].merge_and_unload(), tokenizer, cfg, poems=6)
     assert lora["greedy_poems_agreeing"] == 6 and lora["max_abs_logit_diff"] < 1e-3  # LoRA: same model
+    assert lora["next_token_agreement"] == 1.0
 
 
 def test_merge_refuses_to_overwrite_and_explains_full_runs(lora_run: Path, full_run: Path, tmp_path: Path):

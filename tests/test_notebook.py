@@ -21,4 +21,4 @@ def test_colab_notebook_runs_on_cpu_with_the_tiny_model(tmp_path: Path):
     assert list((run / "gguf-q8_0").glob("*.gguf")) and (run / "gguf-q8_0" / "Modelfile").is_file()
     outputs = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     assert "# Evaluation report" in outputs and "《春夜喜雨》" in outputs
-    assert "merged/" in outputs and "greedy poems identical" in outputs
+    assert "merged/" in outputs and "the same next token at" in outputs  # merge's check

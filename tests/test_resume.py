@@ -166,6 +166,10 @@ def test_disk_full_saving_the_model_resumes_from_the_final_checkpoint(
     metrics = train(run_config(overrides), tmp_path)
     assert metrics["resumed_from_step"] == 4 and metrics["global_step"] == 4
     assert (tmp_path / "model" / "adapter_model.safetensors").stat().st_size > 100
+    # the final checkpoint's log has the last step's evaluation: taken from there, not evaluated again
+    history = json.loads((tmp_path / "log_history.json").read_text(encoding="utf-8"))
+    last = [h["eval_loss"] for h in history if "eval_loss" in h and h["step"] == 4]
+    assert len(last) == 1 and metrics["eval_loss"] == last[0]
 
 
 def test_safetensors_errors_of_a_full_disk_are_recognised():

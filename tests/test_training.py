@@ -1,5 +1,8 @@
 """End to end on CPU with the tiny Qwen3: what each method trains, saves and reloads."""
 
+import json
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -161,3 +164,72 @@ def test_a_saved_tokenizer_with_batch_padding_loads_unpadded(poems_file: Path, t
     assert reloaded.backend_tokenizer.padding is None
     short, long = reloaded(["静夜思", "床前明月光，疑是地上霜。"])["input_ids"]
     assert len(short) < len(long)
+
+
+# ---------------------------------------------------------------------------------------------
+# The end of a run: one evaluation, and a speed that is training's alone
+
+
+def test_a_run_evaluates_once_at_its_last_step(poems_file: Path, tmp_path: Path):
+    """eval_steps=2 of 3 steps: Trainer evaluates at step 2 and, by itself, at the last step; train() takes
+    that last evaluation (and the eval callback's scores beside it) instead of evaluating again."""
+    scored = [
+        "generation.eval_titles=['静夜思']",
+        "generation.num_eval_poems=1",
+        "generation.eval_max_new_tokens=8",
+    ]
+    run_dir = tmp_path / "run"
+    metrics = train(
+        run_config(tiny_overrides("lora", poems_file, steps=3) + ["train.eval_steps=2", *scored]), run_dir
+    )
+    history = json.loads((run_dir / artifacts.LOG_HISTORY_FILE).read_text(encoding="utf-8"))
+    assert [h["step"] for h in history if "eval_loss" in h] == [2, 3]
+    last = next(h for h in history if h["step"] == 3 and "eval_loss" in h)
+    assert metrics["eval_loss"] == last["eval_loss"]
+    poetry = {k: v for h in history if h["step"] == 3 for k, v in h.items() if k.startswith("eval_poetry/")}
+    assert poetry and {k: metrics[k] for k in poetry} == poetry
+    assert [json.loads(line)["step"] for line in (run_dir / "eval_poems.jsonl").read_text().splitlines()] == [
+        2,
+        3,
+    ]
+
+
+def test_tokens_per_s_counts_training_time_only(
+    poems_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Evaluations and checkpoint saves made 1.5 s slower each: train_runtime_s leaves them out (they are
+    reported as eval_runtime_s and checkpoint_save_s) and tokens/s is computed on it."""
+    from trl import SFTTrainer
+
+    delay, calls, wall = 1.5, Counter(), {}
+    evaluate, save, train_loop = SFTTrainer.evaluate, SFTTrainer._save_checkpoint, SFTTrainer.train
+
+    def slow_evaluate(self, *args, **kwargs):
+        calls["evaluate"] += 1
+        time.sleep(delay)
+        return evaluate(self, *args, **kwargs)
+
+    def slow_save(self, *args, **kwargs):
+        calls["save"] += 1
+        time.sleep(delay)
+        return save(self, *args, **kwargs)
+
+    def timed_train(self, *args, **kwargs):
+        started = time.perf_counter()
+        result = train_loop(self, *args, **kwargs)
+        wall["train"] = time.perf_counter() - started
+        return result
+
+    monkeypatch.setattr(SFTTrainer, "evaluate", slow_evaluate)
+    monkeypatch.setattr(SFTTrainer, "_save_checkpoint", slow_save)
+    monkeypatch.setattr(SFTTrainer, "train", timed_train)
+    overrides = tiny_overrides("lora", poems_file, steps=4) + ["train.eval_steps=2", "train.save_steps=2"]
+    metrics = train(run_config(overrides), tmp_path / "run")
+
+    assert calls == {"evaluate": 2, "save": 2}, "steps 2 and 4, and no second evaluation at the end"
+    assert metrics["eval_runtime_s"] >= 2 * delay and metrics["checkpoint_save_s"] >= 2 * delay
+    assert 0 < metrics["train_runtime_s"] <= wall["train"] - 4 * delay + 0.01
+    assert metrics["train_cpu_s"] > 0  # the same span in CPU seconds (a sleep takes none)
+    # the speed is the tokens over that time (train_runtime_s is rounded to 10 ms; a tiny run takes ~0.1 s)
+    seconds, tokens = metrics["train_runtime_s"], metrics["trained_tokens"]
+    assert tokens / (seconds + 0.005) <= metrics["tokens_per_s"] <= tokens / (seconds - 0.005)

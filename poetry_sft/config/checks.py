@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poetry_sft.config.schema import (
     OPTIMIZERS,
+    Precision,
     PromptStyle,
     RunConfig,
     SamplingConfig,
@@ -59,6 +60,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         problems.append(
             f"data.rhyme_hint_chars={cfg.data.rhyme_hint_chars} must be in [1, {COMMON_POOL}] (the hint "
             f"lists characters from a group's {COMMON_POOL} commonest rhymes)"
+        )
+    if cfg.model.random_init and cfg.model.random_init.saved_precision is Precision.auto:
+        problems.append(
+            "model.random_init.saved_precision=auto: weights are saved in one dtype; give bf16, fp16 or fp32"
         )
     if problems:
         raise ConfigError(

@@ -120,6 +120,8 @@ class RandomInitSpec:
     # LoRA bases cannot sharpen, so conf/model/tiny.yaml sets 0.2.
     initializer_range: float = 0.02
     seed: int = 0
+    # The dtype of the saved weights (bf16, fp16 or fp32). Initialised in fp32 either way, then cast.
+    saved_precision: Precision = Precision.fp32
 
 
 @dataclass

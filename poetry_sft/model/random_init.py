@@ -34,6 +34,7 @@ QWEN_SPECIAL_TOKENS = (
 )  # fmt: skip
 QWEN3_VOCAB_SIZE = 151_936  # the embedding matrix is padded past the last special token
 _BUILD_VERSION = "1"  # bump when the build below changes, so caches rebuild
+_TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def random_model_dir(spec: RandomInitSpec) -> Path:
@@ -55,7 +56,10 @@ def _build(spec: RandomInitSpec, target: Path) -> None:
     tokenizer = build_tokenizer(spec.vocabulary)
     config = qwen3_config(spec, vocab_size(spec, tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     torch.manual_seed(spec.seed)
-    model = Qwen3ForCausalLM(config)
+    model = Qwen3ForCausalLM(config)  # initialised in fp32 (the same random weights whatever is saved)
+    model.to(
+        getattr(torch, _TORCH_DTYPES[spec.saved_precision.value])
+    )  # and saved as the real model is: Qwen3-0.6B in bf16
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with staged_directory(target, complete_marker="config.json") as staging:

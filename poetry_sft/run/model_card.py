@@ -191,10 +191,10 @@ def _memory(metrics: dict[str, Any]) -> str:
 
 def _usage(run_dir: Path, cfg: RunConfig, kind: str, gguf_file: str | None, prompt: str) -> str:
     if kind == "gguf":
-        return (
-            "```sh\nollama create poet -f Modelfile\n"
-            f'ollama run poet "{prompt}"\n'
-            f"llama-cli -m {gguf_file} --jinja -cnv\n```"
+        return (  # --jinja: llama.cpp renders the file's template (thinking off), not its built-in ChatML
+            f"```sh\nllama-cli -m {gguf_file} --jinja -cnv\n"
+            "ollama create poet -f Modelfile\n"
+            f'ollama run poet "{prompt}"\n```'
         )
     load = (
         "from peft import AutoPeftModelForCausalLM as Model"

@@ -14,7 +14,8 @@ base). DIR then holds `<model>-<method>-<quant>.gguf`, an Ollama `Modelfile` and
 - the chat template with thinking disabled: the run's template with `enable_thinking` fixed to false,
   so every chat app renders the empty `<think>\\n\\n</think>\\n\\n` block our prompts were trained with,
   and with the run's system prompt filled in when the chat has none;
-- the run's sampling defaults (`general.sampling.*`: temperature, top_p, top_k, repeat penalty);
+- the run's sampling defaults (`general.sampling.*`: temperature, top_p, top_k, repeat penalty, and the
+  repeat penalty's window, which llama.cpp's tools read as their defaults);
 - tied embeddings: Qwen3-0.6B's lm_head *is* its embedding matrix; the file has no `output.weight`
   and llama.cpp reuses `token_embd.weight`, as for the original model.
 
@@ -30,8 +31,23 @@ llama.cpp's importance-aware quantiser matches): export f16, then run `llama-qua
 gives the command).
 
 Measured round trip on the tiny test model (bench/export_roundtrip.py; logits up to ~10): max |Δlogit|
-against the merged HF model f16 0.016, bf16 0.060, q8_0 0.25, and 4/4 greedy poems identical for each
-(tests/test_export.py holds f16 to 0.05, bf16 to 0.15 and q8_0 to the same poems).
+against the merged HF model, read back by transformers' GGUF reader, f16 0.017, bf16 0.061, q8_0 0.25,
+and 4/4 greedy poems identical for each (tests/test_export.py holds f16 to 0.05, bf16 to 0.15 and q8_0
+to the same poems). Read by llama.cpp itself (`--llama-cpp`, llama-cpp-python 0.3.36 on a 2-core Xeon)
+the gaps are larger, f16 0.021, bf16 0.082, q8_0 0.38, with 4/4 greedy poems identical for each.
+
+What llama.cpp does differently, found by running it (written into the exported README):
+- q8_0 crashed at the first token (SIGILL) in llama.cpp's weight repacking on a CPU with AMX;
+  with repacking off (`--no-repack`) it runs;
+- without Jinja rendering (`--jinja`, the default of older llama-cli/llama-server builds and of
+  llama-completion), llama.cpp renders its built-in ChatML, chosen because the template contains
+  `<|im_start|>`: no empty think block and no system prompt, a prompt the model never trained on. No
+  template the file could carry changes that: the built-in formats are fixed, and none writes Qwen3's
+  think block;
+- llama.cpp and Ollama apply the repeat penalty to the last 64 tokens, transformers to the whole text
+  (prompt included, and llama.cpp also counts the prompt): the file and the Modelfile set the window to
+  hardware.max_length + generation.max_new_tokens tokens (`penalty_window`), which holds the whole text,
+  so they penalise as `poetry-sft generate` does.
 """
 
 from __future__ import annotations
@@ -256,6 +272,7 @@ def write_gguf(
     writer.add_sampling_top_p(sampling.top_p)
     writer.add_sampling_top_k(sampling.top_k)
     writer.add_sampling_penalty_repeat(sampling.repetition_penalty)
+    writer.add_sampling_penalty_last_n(penalty_window(cfg))
 
     for name, data, data_type in gguf_tensors(model, qtype):
         writer.add_tensor(name, data, raw_dtype=data_type)
@@ -312,6 +329,14 @@ def ollama_template() -> str:
     )
 
 
+def penalty_window(cfg: RunConfig) -> int:
+    """How many tokens back llama.cpp and Ollama should apply the repeat penalty (their default: 64).
+    transformers penalises every token of the text, prompt included; llama.cpp also counts the prompt, so a
+    window that holds the longest prompt we trained with plus the longest poem we write gives the same
+    penalty."""
+    return cfg.hardware.max_length + cfg.generation.max_new_tokens
+
+
 def modelfile(gguf_name: str, cfg: RunConfig) -> str:
     sampling = cfg.generation
     lines = [
@@ -328,6 +353,7 @@ def modelfile(gguf_name: str, cfg: RunConfig) -> str:
         f"PARAMETER top_p {sampling.top_p}",
         f"PARAMETER top_k {sampling.top_k}",
         f"PARAMETER repeat_penalty {sampling.repetition_penalty}",
+        f"PARAMETER repeat_last_n {penalty_window(cfg)}",  # the whole prompt and poem, as transformers does
         f"PARAMETER num_predict {sampling.max_new_tokens}",
     ]
     return "\n".join(lines) + "\n"
@@ -351,28 +377,48 @@ def export_readme(gguf_name: str, cfg: RunConfig, quant: str) -> str:
     sampling = cfg.generation
     prompt = example_request(cfg.data)
     f16_name, q4_name = (gguf_name.replace(f"-{quant}.gguf", f"-{q}.gguf") for q in ("f16", "Q4_K_M"))
+    window = penalty_window(cfg)
     flags = (
         f"--temp {sampling.temperature} --top-p {sampling.top_p} --top-k {sampling.top_k} "
-        f"--repeat-penalty {sampling.repetition_penalty} -n {sampling.max_new_tokens}"
+        f"--repeat-penalty {sampling.repetition_penalty} --repeat-last-n {window} "
+        f"-n {sampling.max_new_tokens}"
     )
-    return f"""## GGUF ({quant}): Ollama, llama.cpp, LM Studio
+    no_repack = " --no-repack" if quant == "q8_0" else ""
+    punctuation = (
+        ""
+        if sampling.penalize_punctuation
+        else "\nThis run's own generation spares punctuation from the penalty "
+        "(generation.penalize_punctuation=false); llama.cpp and Ollama cannot, so their poems may end lines "
+        "later.\n"
+    )
+    return f"""## GGUF ({quant}): llama.cpp, Ollama, LM Studio
 
 `{gguf_name}` holds the model (LoRA merged), its tokenizer, the chat template with thinking disabled,
 eos `<|im_end|>` and the run's sampling defaults. Ask with the prompt it was trained on:
 
     {prompt}
 {_hint_note(cfg)}
+
+### llama.cpp
+
+    llama-cli -m {gguf_name} --jinja -cnv {flags}{no_repack}
+    llama-server -m {gguf_name} --jinja {flags}{no_repack}      # OpenAI-compatible API on :8080
+
+Always pass `--jinja`: it renders the chat template stored in the file, with the empty think block
+(`<think>\\n\\n</think>`) the model was trained after and the run's system prompt. Without it (the
+default of older llama.cpp builds and of llama-completion) llama.cpp renders its built-in ChatML
+instead: no think block and no system prompt, a prompt the model was never trained on.
+
+`--repeat-last-n {window}` (also the file's default) applies the repeat penalty to the whole prompt and
+poem, as `poetry-sft generate` (transformers) does; llama.cpp's own default is the last 64 tokens,
+which samples differently.
+{punctuation}{_q8_0_note() if quant == "q8_0" else ""}
 ### Ollama
 
     ollama create poet -f {MODELFILE}
     ollama run poet "{prompt}"
 
-### llama.cpp
-
-    llama-cli -m {gguf_name} --jinja -cnv {flags}
-    llama-server -m {gguf_name} --jinja {flags}      # OpenAI-compatible API on :8080
-
-`--jinja` uses the chat template stored in the file (thinking disabled).
+The Modelfile sets the same template, stop tokens and sampling (`repeat_last_n {window}`).
 
 ### LM Studio
 
@@ -385,6 +431,29 @@ or drag the file into LM Studio's "My Models"; it reads the chat template from t
 K-quants need llama.cpp's quantiser; start from an f16 export:
 
     llama-quantize {f16_name} {q4_name} Q4_K_M
+"""
+
+
+def _q8_0_note() -> str:
+    return """
+**q8_0 on CPUs with AMX** (recent Intel Xeons: `grep -o amx_int8 /proc/cpuinfo`): llama.cpp repacks q8_0
+weights for AMX when it loads them, and on such a CPU that crashed at the first token (Illegal
+instruction; llama.cpp of llama-cpp-python 0.3.36). Turn repacking off, as the commands
+above do: `--no-repack` (`-nr`) for llama-cli and llama-server. llama-cpp-python has no option for it
+(an unknown keyword such as `use_extra_bufts=False` is silently ignored); set the model parameter
+while the model loads:
+
+    import llama_cpp
+    from llama_cpp import llama_cpp as lib
+    defaults = lib.llama_model_default_params
+    def no_repack():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+    lib.llama_model_default_params = no_repack
+    llm = llama_cpp.Llama(model_path="MODEL-q8_0.gguf")
+
+f16 and bf16 ran with repacking on.
 """
 
 

@@ -143,9 +143,10 @@ def train(
     trainer = build_trainer(cfg, run_dir)
     if on_training_start:
         on_training_start()
-    result, train_seconds = sft.run_training(trainer, run_dir, checkpoint, resumed)
+    result, clock = sft.run_training(trainer, run_dir, checkpoint, resumed)
     sft.save_model(trainer, run_dir)
-    metrics = _measure(cfg, trainer, result.training_loss, train_seconds, resumed)
+    metrics = _measure(cfg, trainer, result.training_loss, clock.train_seconds, resumed)
+    metrics["checkpoint_save_s"] = round(clock.save_seconds, 2)
     if not artifacts.is_main_process():
         return metrics
     from poetry_sft.evaluate.showcase import plot_history
@@ -189,7 +190,7 @@ def _measure(
         "train_loss": training_loss,
         "eval_loss": None,  # no held-out loss in GRPO: the eval report judges the poems
         "global_step": trainer.state.global_step,
-        "train_runtime_s": round(seconds, 2),
+        "train_runtime_s": round(seconds, 2),  # the training loop without checkpoint saves (train/clock.py)
         "resumed_from_step": resumed.get("global_step"),
         "rewards": rewards,
         "completions_per_step": cfg.hardware.per_device_train_batch_size

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from transformers.trainer_utils import TrainOutput
     from trl import SFTConfig, SFTTrainer
 
+    from poetry_sft.train.clock import TrainingClock
+
 log = logging.getLogger(__name__)
 
 # What a CUDA context takes on a consumer card before the allocator gets anything (driver + kernels).
@@ -318,10 +320,10 @@ def train(
     token_fraction = real_token_fraction(trainer)
     if on_training_start:
         on_training_start()
-    result, train_seconds = _train(trainer, run_dir, checkpoint, resumed)
-    eval_metrics = trainer.evaluate()
+    result, clock = _train(trainer, run_dir, checkpoint, resumed)
+    eval_metrics = _final_evaluation(trainer, clock)
     _save_model(trainer, run_dir)
-    metrics = _measure(cfg, trainer, result, eval_metrics, train_seconds, resumed, token_fraction)
+    metrics = _measure(cfg, trainer, result, eval_metrics, clock, resumed, token_fraction)
     if not artifacts.is_main_process():
         return metrics  # under accelerate launch, rank 0 alone samples and writes the run's files
     _sample_and_write(cfg, run_dir, trainer, metrics)
@@ -352,18 +354,39 @@ def _build(cfg: RunConfig, run_dir: Path, checkpoint: Path | None, poems: DataCo
 
 def _train(
     trainer: Trainer, run_dir: Path, checkpoint: Path | None, resumed: dict[str, Any]
-) -> tuple[TrainOutput, float]:
-    """trainer.train (or the final checkpoint, where the run had already ended), and its seconds."""
+) -> tuple[TrainOutput, TrainingClock]:
+    """trainer.train (or the final checkpoint, where the run had already ended), and where its time went."""
+    from poetry_sft.train.clock import TrainingClock
+
     # Only now that the run trains: a start that fails (data, model) leaves the directory as it was
     artifacts.discard_incomplete_checkpoints(run_dir)
     _reset_peak_memory()
-    started = time.perf_counter()
+    clock = TrainingClock()
+    trainer.add_callback(clock)  # last: its evaluation time includes the other callbacks' work on it
     if checkpoint and 0 < resumed.get("max_steps", 0) <= resumed["global_step"]:
         result = _load_final_checkpoint(trainer, checkpoint)
     else:
         with _explain_disk_full(run_dir, "a checkpoint"):
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return result, time.perf_counter() - started
+    return result, clock
+
+
+def _final_evaluation(trainer: SFTTrainer, clock: TrainingClock) -> dict[str, float]:
+    """The run's evaluation at its last step, done once. Under eval_strategy="steps" Trainer evaluates at the
+    last step by itself (transformers' DefaultFlowCallback), so its logged result is taken; a run loaded
+    from its final checkpoint has it in that checkpoint's log. Only where neither holds one (an
+    eval_delay past the end) does it evaluate here."""
+    step = trainer.state.global_step
+    logged: dict[str, float] = {}
+    for entry in trainer.state.log_history:
+        if entry.get("step") == step:  # eval_loss, and the eval callback's scores logged beside it
+            logged.update({key: value for key, value in entry.items() if key.startswith("eval_")})
+    if "eval_loss" in logged:
+        return logged
+    started = time.perf_counter()
+    metrics = trainer.evaluate()
+    clock.eval_seconds += time.perf_counter() - started
+    return metrics
 
 
 def _save_model(trainer: Trainer, run_dir: Path) -> None:
@@ -376,21 +399,26 @@ def _measure(
     trainer: SFTTrainer,
     result: TrainOutput,
     eval_metrics: dict[str, float],
-    train_seconds: float,
+    clock: TrainingClock,
     resumed: dict[str, Any],
     token_fraction: float,
 ) -> dict[str, Any]:
-    """metrics.json: losses, steps, speed, sizes, planned and peak memory."""
+    """metrics.json: losses, steps, speed, sizes, planned and peak memory. The speed is training's alone:
+    train_runtime_s leaves out evaluations and checkpoint saves (eval_runtime_s, checkpoint_save_s)."""
     model = trainer.model
     assert model is not None
     tokens = int(trainer.state.num_input_tokens_seen)
     new_tokens = tokens - int(resumed.get("num_input_tokens_seen", 0))  # this session's, for the speed
+    train_seconds = clock.train_seconds
     return {
         "train_loss": result.training_loss,
         "eval_loss": eval_metrics.get("eval_loss"),
         "first_logged_loss": next((h["loss"] for h in trainer.state.log_history if "loss" in h), None),
         "global_step": trainer.state.global_step,
         "train_runtime_s": round(train_seconds, 2),
+        "train_cpu_s": round(clock.train_cpu_seconds, 2),  # CPU seconds of this process over the same time
+        "eval_runtime_s": round(clock.eval_seconds, 2),
+        "checkpoint_save_s": round(clock.save_seconds, 2),
         "trained_tokens": tokens,
         "tokens_per_s": round(new_tokens / train_seconds, 1) if train_seconds else None,
         "resumed_from_step": resumed.get("global_step"),
