@@ -228,7 +228,7 @@ def qlora_model(arch: Architecture):
             tmp, quantization_config=quantization, dtype=torch.bfloat16, device_map="cpu"
         )
     model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    # fp32 adapters: TRL casts them to bf16, training._keep_adapters_fp32 casts them back
+    # fp32 adapters: TRL casts them to bf16, train/sft.keep_adapters_fp32 casts them back
     return peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=list(QKVO), lora_dropout=0.0))
 
 

@@ -352,7 +352,7 @@ def _trainable_shapes(arch: Architecture, shape: TrainingShape) -> list[tuple[in
 def _trainable_bytes_per_param(shape: TrainingShape) -> int:
     if shape.method in ("lora", "qlora"):
         # peft's autocast_adapter_dtype=True keeps LoRA adapters in fp32 whatever the base dtype; TRL casts
-        # QLoRA's to bf16, and training._keep_adapters_fp32 casts them back (bf16 lost their small steps)
+        # QLoRA's to bf16, and train/sft.keep_adapters_fp32 casts them back (bf16 lost their small steps)
         return 4
     return DTYPE_BYTES[shape.weight_dtype]
 

@@ -258,7 +258,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, poems: DataConfig | None = None
         peft_config=adapter,
     )
     assert trainer.model is not None
-    _keep_adapters_fp32(trainer.model)
+    keep_adapters_fp32(trainer.model)
     from poetry_sft.train.callbacks import NonFiniteLossCallback
 
     trainer.add_callback(NonFiniteLossCallback(cfg, str(resolve_precision(cfg.train.precision))))
@@ -269,7 +269,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, poems: DataConfig | None = None
     return trainer
 
 
-def _keep_adapters_fp32(model: torch.nn.Module) -> None:
+def keep_adapters_fp32(model: torch.nn.Module) -> None:
     """TRL casts a quantised model's adapters to bf16 (the QLoRA paper's recipe). In bf16 an AdamW step
     smaller than half the weight's ulp is lost: after 3 steps at lr 2e-4 only 25% of the tiny model's
     lora_A elements had moved (fp32: 100%; tests/test_training.py). Adapters are a few MB, so they train
@@ -315,23 +315,23 @@ def train(
     `on_training_start` is called once data and model are ready (the command line's cue that a failure
     from then on leaves a run to resume, not a stub to remove).
     """
-    checkpoint, resumed = _find_where_to_resume(run_dir, cfg)
+    checkpoint, resumed = find_where_to_resume(run_dir, cfg)
     trainer = _build(cfg, run_dir, checkpoint, poems)
     token_fraction = real_token_fraction(trainer)
     if on_training_start:
         on_training_start()
-    result, clock = _train(trainer, run_dir, checkpoint, resumed)
+    result, clock = run_training(trainer, run_dir, checkpoint, resumed)
     eval_metrics = _final_evaluation(trainer, clock)
-    _save_model(trainer, run_dir)
+    save_model(trainer, run_dir)
     metrics = _measure(cfg, trainer, result, eval_metrics, clock, resumed, token_fraction)
     if not artifacts.is_main_process():
         return metrics  # under accelerate launch, rank 0 alone samples and writes the run's files
     _sample_and_write(cfg, run_dir, trainer, metrics)
-    _report(cfg, run_dir)
+    finish_report(cfg, run_dir)
     return metrics
 
 
-def _find_where_to_resume(run_dir: Path, cfg: RunConfig) -> tuple[Path | None, dict[str, Any]]:
+def find_where_to_resume(run_dir: Path, cfg: RunConfig) -> tuple[Path | None, dict[str, Any]]:
     """The newest complete checkpoint of this config (None: a fresh start) and its trainer state."""
     checkpoint = artifacts.find_resume_checkpoint(run_dir, cfg)
     _warn_about_damaged_checkpoints(run_dir, checkpoint)
@@ -342,7 +342,7 @@ def _find_where_to_resume(run_dir: Path, cfg: RunConfig) -> tuple[Path | None, d
 def _build(cfg: RunConfig, run_dir: Path, checkpoint: Path | None, poems: DataConfig | None) -> SFTTrainer:
     """The run's config saved, the GPU capped to the profile, data prepared, model and trainer built."""
     artifacts.save_run_config(cfg, run_dir)
-    _cap_gpu_memory(cfg.hardware)
+    cap_gpu_memory(cfg.hardware)
     log.info("precision: %s", precision_choice(cfg.train.precision)[1])
     trainer = build_trainer(cfg, run_dir, poems)
     if checkpoint:
@@ -352,7 +352,7 @@ def _build(cfg: RunConfig, run_dir: Path, checkpoint: Path | None, poems: DataCo
     return trainer
 
 
-def _train(
+def run_training(
     trainer: Trainer, run_dir: Path, checkpoint: Path | None, resumed: dict[str, Any]
 ) -> tuple[TrainOutput, TrainingClock]:
     """trainer.train (or the final checkpoint, where the run had already ended), and where its time went."""
@@ -389,7 +389,7 @@ def _final_evaluation(trainer: SFTTrainer, clock: TrainingClock) -> dict[str, fl
     return metrics
 
 
-def _save_model(trainer: Trainer, run_dir: Path) -> None:
+def save_model(trainer: Trainer, run_dir: Path) -> None:
     with _explain_disk_full(run_dir, "the trained model"):
         trainer.save_model(str(run_dir / artifacts.MODEL_DIR))  # PEFT: adapter files only; and the tokenizer
 
@@ -443,7 +443,7 @@ def _sample_and_write(cfg: RunConfig, run_dir: Path, trainer: SFTTrainer, metric
         atomic.write_json(run_dir / artifacts.METRICS_FILE, metrics)
 
 
-def _report(cfg: RunConfig, run_dir: Path) -> None:
+def finish_report(cfg: RunConfig, run_dir: Path) -> None:
     """After metrics.json, so a failing report never costs the finished run: the eval report, the
     model card that quotes it, the demo's showcase."""
     if cfg.generation.report:
@@ -534,7 +534,7 @@ def _disk_full_message(run_dir: Path, what: str) -> str:
     )
 
 
-def _cap_gpu_memory(hardware: HardwareConfig) -> None:
+def cap_gpu_memory(hardware: HardwareConfig) -> None:
     """Emulate a `vram_gib` card: the allocator raises OOM past that, as the small card would."""
     import torch
 
@@ -595,13 +595,8 @@ def peak_memory() -> dict[str, float]:
     return {"peak_cpu_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 3)}
 
 
-# The run's steps that the rejection-sampling and GRPO stages share (train/grpo.py, train/rejection.py).
-find_where_to_resume = _find_where_to_resume
-cap_gpu_memory = _cap_gpu_memory
-keep_adapters_fp32 = _keep_adapters_fp32
-run_training = _train
-save_model = _save_model
-finish_report = _report
+# The run's steps that the rejection-sampling and GRPO stages share (train/grpo.py, train/rejection.py):
+# find_where_to_resume, cap_gpu_memory, keep_adapters_fp32, run_training, save_model, finish_report.
 
 
 def write_history_and_metrics(run_dir: Path, history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
