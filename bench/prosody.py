@@ -21,6 +21,7 @@ lines all rhyme in that group. Printed as a Markdown table (and written as JSON)
     layout     regulated_form_rate: a 5/7-character 绝句/律诗 shape
     rhyme      rhyme_rate: the even lines end in different characters of one 平水韵 group
     asked      asked_rhyme_rate (rhyme-aware runs only)
+    listed     the share of even-line finals that are characters the prompt listed (rhyme-aware runs only)
     tones      tone_compliance of the regulated poems
     distinct-2 distinct character pairs over all poems
     rhyme chars distinct characters at the rhyme slots (even-line ends) / all of them: near 0 when every
@@ -48,6 +49,7 @@ COLUMNS = (
     ("layout", "regulated_form_rate"),
     ("rhyme", "rhyme_rate"),
     ("asked", "asked_rhyme_rate"),
+    ("listed", "listed_finals"),
     ("tones", "tone_compliance"),
     ("distinct-2", "distinct_2"),
     ("rhyme chars", "distinct_finals"),
@@ -95,6 +97,7 @@ def measure(run_dir: Path, titles: list[str], best_of: list[int], seeds: list[in
                     rhyme_groups=[poem.rhyme_group for poem in poems],
                 )
             )
+            per_seed[-1]["listed_finals"] = listed_finals(poems, cfg.data.rhyme_hint_chars)
         mean = {
             key: statistics.mean(scores[key] for scores in per_seed) if per_seed[0][key] is not None else None
             for _, key in COLUMNS
@@ -111,6 +114,23 @@ def measure(run_dir: Path, titles: list[str], best_of: list[int], seeds: list[in
         )
         print(_row(rows[-1]), flush=True)
     return rows
+
+
+def listed_finals(poems: list[Any], count: int) -> float | None:
+    """For rhyme-aware prompts: the share of even-line finals that are characters the prompt listed (the
+    same hint generation_prompt built: hint_chars with the title as seed). None for plain prompts."""
+    from poetry_sft.poetry.critic import even_line_finals
+    from poetry_sft.poetry.rhyme_hint import hint_chars
+
+    hits = total = 0
+    for poem in poems:
+        if poem.rhyme_group is None:
+            return None
+        listed = set(hint_chars(poem.rhyme_group, count, seed=poem.title))
+        finals = even_line_finals(poem.content)
+        hits += sum(final in listed for final in finals)
+        total += len(finals)
+    return hits / total if total else 0.0
 
 
 def _cell(value: float | None) -> str:

@@ -22,6 +22,7 @@ from poetry_sft.data.corpus import prepare_poems
 from poetry_sft.data.prompts import asked_rhyme_group, generation_prompt
 from poetry_sft.evaluate.generate import THINK_TOKENS, token_ids
 from poetry_sft.model.loading import load_for_training, load_tokenizer, resolve_model_path, resolve_precision
+from poetry_sft.poetry.critic import PARTS
 from poetry_sft.run import artifacts
 from poetry_sft.train import sft
 from poetry_sft.train.rewards import reward_functions
@@ -152,7 +153,9 @@ def train(
     from poetry_sft.evaluate.showcase import plot_history
 
     history = trainer.state.log_history
-    plot_history(history, run_dir / REWARD_CURVE_FILE, reward_keys(history), ylabel="reward (0-1 a part)")
+    plot_history(
+        _as_scores(history, cfg), run_dir / REWARD_CURVE_FILE, reward_keys(history), ylabel="0-1 a part"
+    )
     sft.write_history_and_metrics(run_dir, history, metrics)
     sft.finish_report(cfg, run_dir)
     return metrics
@@ -162,9 +165,16 @@ def reward_keys(history: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(log key, label) of the rewards TRL logged: the weighted total and each part's mean."""
     logged = {key for entry in history for key in entry}
     parts = sorted(key for key in logged if key.startswith("rewards/") and key.endswith("/mean"))
-    return [("reward", "total (weighted)")] * ("reward" in logged) + [
+    return [("reward", "total / the parts' weights")] * ("reward" in logged) + [
         (key, key.split("/")[1]) for key in parts
     ]
+
+
+def _as_scores(history: list[dict[str, Any]], cfg: RunConfig) -> list[dict[str, Any]]:
+    """The log with the weighted total divided by the parts' weights (the critic's score, when no variety
+    reward is added), so that it shares the parts' 0-1 axis in the plot."""
+    scale = sum(getattr(cfg.critic, part) for part in PARTS) + cfg.stage.rhyme_variety
+    return [{**entry, "reward": entry["reward"] / scale} if "reward" in entry else entry for entry in history]
 
 
 def _measure(
