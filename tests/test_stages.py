@@ -224,3 +224,41 @@ def test_the_memory_plan_counts_what_grpo_holds_and_refuses_what_does_not_fit():
                 [*too_big, "hardware.gradient_accumulation_steps=1", "stage.max_completion_length=512"]
             )
         )
+
+
+def test_a_grpo_run_merges_like_any_lora_run(demo_runs: Path, tmp_path):
+    """merge (and so export) reads a stage run as it reads any adapter run: the adapter on its base."""
+    from poetry_sft.ship import merge
+    from poetry_sft.train.grpo import train
+
+    run_dir = tmp_path / "grpo"
+    train(
+        _stage_config([*GRPO, f"init_run={demo_runs / 'demo'}", "generation.report=false"], run_dir), run_dir
+    )
+    assert merge.main([str(run_dir)]) == 0
+    check = json.loads((run_dir / "merged" / "merge_check.json").read_text())
+    assert check["max_abs_logit_diff"] < 1e-3  # an fp32 base: the merge is exact
+    from poetry_sft.evaluate.generate import generate_poems, load_model_dir
+
+    model = load_model_dir(str(run_dir / "merged"))
+    saved = artifacts.read_run_config(run_dir / "merged" / artifacts.RUN_CONFIG_IN_MODEL)
+    from poetry_sft.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(run_dir / "merged"))
+    assert generate_poems(model, tokenizer, ["春晓"], saved.data, saved.generation)[0].content
+
+
+def test_a_rhyme_aware_runs_export_readme_and_model_card_ask_as_it_was_trained():
+    from poetry_sft.config.schema import DataConfig
+    from poetry_sft.data.prompts import example_request
+
+    plain, hinted = DataConfig(path="sample"), DataConfig(path="sample", rhyme_hint=True)
+    assert example_request(plain) == "以《春夜喜雨》为题，写一首古诗。"
+    assert example_request(hinted).startswith(
+        "以《春夜喜雨》为题，写一首古诗。押"
+    ) and "韵脚可用：" in example_request(hinted)
+    from poetry_sft.ship.export import export_readme
+
+    cfg = run_config(["model=tiny", "data=sample", "data.rhyme_hint=true"])
+    readme = export_readme("poet-f16.gguf", cfg, "f16")
+    assert example_request(cfg.data) in readme and "rhyme-aware prompts" in readme
