@@ -76,8 +76,7 @@ def check_unseen(run_dir: Path, titles: list[str]) -> None:
 
 
 def measure(run_dir: Path, titles: list[str], best_of: list[int], seeds: list[int]) -> list[dict[str, Any]]:
-    from poetry_sft.evaluate.generate import generate_poems, load_run
-    from poetry_sft.poetry import score_poems
+    from poetry_sft.evaluate.generate import generate_poems, load_run, score_generated
 
     model, tokenizer, cfg = load_run(run_dir)
     rows = []
@@ -88,15 +87,7 @@ def measure(run_dir: Path, titles: list[str], best_of: list[int], seeds: list[in
             poems = generate_poems(
                 model, tokenizer, titles, cfg.data, sampling, constrain=False, critic=cfg.critic, best_of=n
             )
-            per_seed.append(
-                score_poems(
-                    [poem.content for poem in poems],
-                    stopped_at_eos=[poem.stopped_at_eos for poem in poems],
-                    critic_weights=dataclasses.asdict(cfg.critic),
-                    titles=[poem.title for poem in poems],
-                    rhyme_groups=[poem.rhyme_group for poem in poems],
-                )
-            )
+            per_seed.append(score_generated(poems, None, cfg.critic))
             per_seed[-1]["listed_finals"] = listed_finals(poems, cfg.data.rhyme_hint_chars)
         mean = {
             key: statistics.mean(scores[key] for scores in per_seed) if per_seed[0][key] is not None else None

@@ -87,3 +87,26 @@ def sleeper():
     yield proc
     proc.kill()
     proc.wait()
+
+
+def kill_at_checkpoint(command: list[str], run_dir: Path, step: int, cwd: Path) -> None:
+    """Start `command` (a training run into run_dir) and SIGKILL it once checkpoint-<step> is complete: no
+    cleanup, no atexit, as an OOM kill or a power cut."""
+    import signal
+    import time
+
+    from poetry_sft.run import artifacts
+
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 240
+    while not artifacts.is_complete_checkpoint(run_dir / "checkpoints" / f"checkpoint-{step}"):
+        assert proc.poll() is None and time.monotonic() < deadline, "ended before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -3,15 +3,11 @@
 import errno
 import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, run_config, tiny_overrides
+from conftest import PYTHON, kill_at_checkpoint, run_config, tiny_overrides
 from omegaconf import OmegaConf
 
 from poetry_sft.errors import DiskFullError, RunDirError
@@ -67,19 +63,7 @@ def test_run_killed_mid_training_resumes_where_it_stopped(poems_file: Path, tmp_
     steps = 6
     overrides = tiny_overrides("lora", poems_file, steps=steps) + ["train.save_steps=2"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "poetry_sft", *overrides, f"run_dir={killed}"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 240
-    while not artifacts.is_complete_checkpoint(killed / "checkpoints" / "checkpoint-2"):
-        assert proc.poll() is None and time.monotonic() < deadline, "ended before its first checkpoint"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # no cleanup, no atexit: as an OOM kill or a power cut
-    proc.wait()
+    kill_at_checkpoint([PYTHON, "-m", "poetry_sft", *overrides, f"run_dir={killed}"], killed, 2, tmp_path)
     assert not artifacts.is_finished(killed)
     interrupted_at = artifacts.find_resume_checkpoint(killed, run_config(overrides + [f"run_dir={killed}"]))
     assert interrupted_at is not None and int(interrupted_at.name.split("-")[1]) < steps

@@ -2,16 +2,13 @@
 run, train what they should, end in a complete run directory, and resume after a kill."""
 
 import json
-import os
 import random
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, run_config
+from conftest import PYTHON, kill_at_checkpoint, run_config
 from safetensors.torch import load_file
 
 from poetry_sft.config.schema import CriticConfig
@@ -182,19 +179,7 @@ def test_a_killed_grpo_run_resumes_from_its_checkpoint(demo_runs: Path, tmp_path
     overrides = [*GRPO, f"init_run={demo_runs / 'demo'}", f"train.max_steps={steps}", "train.save_steps=2"]
     overrides += ["generation.report=false"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "poetry_sft", *overrides, f"run_dir={killed}"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 240
-    while not artifacts.is_complete_checkpoint(killed / "checkpoints" / "checkpoint-2"):
-        assert proc.poll() is None and time.monotonic() < deadline, "ended before its first checkpoint"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint([PYTHON, "-m", "poetry_sft", *overrides, f"run_dir={killed}"], killed, 2, tmp_path)
     assert not artifacts.is_finished(killed)
     metrics = train(_stage_config(overrides, killed), killed)  # the same command again, in-process
     assert metrics["resumed_from_step"] == 2 and metrics["global_step"] == steps

@@ -25,7 +25,7 @@ from poetry_sft.data import datafiles
 from poetry_sft.data.prompts import asked_rhyme_group, generation_prompt, refuse_control_tokens
 from poetry_sft.errors import ConfigError, command, ensure_writable
 from poetry_sft.model.loading import load_tokenizer, resolve_model_path, resolve_precision
-from poetry_sft.poetry import FORMS, THINK_CLOSE, THINK_OPEN
+from poetry_sft.poetry import FORMS, THINK_CLOSE, THINK_OPEN, score_poems
 from poetry_sft.poetry.critic import critique
 from poetry_sft.run import artifacts
 
@@ -247,6 +247,19 @@ def generate_poems(
     finally:
         model.train(was_training)
     return poems
+
+
+def score_generated(poems: list[Poem], form: str | None, critic: CriticConfig) -> dict[str, Any]:
+    """score_poems of generated poems, with what each records: whether it stopped, its title (the
+    critic's title-copy penalty) and the rhyme group its prompt asked for."""
+    return score_poems(
+        [poem.content for poem in poems],
+        form,
+        stopped_at_eos=[poem.stopped_at_eos for poem in poems],
+        critic_weights=dataclasses.asdict(critic),
+        titles=[poem.title for poem in poems],
+        rhyme_groups=[poem.rhyme_group for poem in poems],
+    )
 
 
 def _per_title(poems: list[Poem], n: int) -> list[list[Poem]]:

@@ -21,9 +21,15 @@ from typing import Any
 
 from poetry_sft import atomic
 from poetry_sft.errors import ConfigError, RunDirError, command
-from poetry_sft.evaluate.generate import Poem, generate_poems, load_model_dir, load_run, read_titles
+from poetry_sft.evaluate.generate import (
+    Poem,
+    generate_poems,
+    load_model_dir,
+    load_run,
+    read_titles,
+    score_generated,
+)
 from poetry_sft.model.loading import resolve_model_path
-from poetry_sft.poetry import score_poems
 
 REPORT_JSON = "eval_report.json"
 REPORT_MD = "eval_report.md"
@@ -80,14 +86,7 @@ def evaluate_run(
         base = write(load_model_dir(resolve_model_path(cfg.model)))
 
     def scores(poems: list[Poem]) -> dict[str, Any]:
-        return score_poems(
-            [poem.content for poem in poems],
-            cfg.generation.form,
-            stopped_at_eos=[p.stopped_at_eos for p in poems],
-            critic_weights=dataclasses.asdict(cfg.critic),
-            titles=[poem.title for poem in poems],
-            rhyme_groups=[poem.rhyme_group for poem in poems],
-        )
+        return score_generated(poems, cfg.generation.form, cfg.critic)
 
     return {
         "run_dir": str(run_dir),

@@ -21,8 +21,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from poetry_sft.config.schema import RunConfig
 from poetry_sft.errors import TrainingDivergedError
-from poetry_sft.evaluate.generate import generate_poems
-from poetry_sft.poetry import score_poems
+from poetry_sft.evaluate.generate import generate_poems, score_generated
 from poetry_sft.run import artifacts
 
 if TYPE_CHECKING:
@@ -68,14 +67,7 @@ class PoetryEvalCallback(TrainerCallback):
             critic=self.critic,
             best_of=1,  # what the model writes on its own, not what the critic picks
         )
-        scores = score_poems(
-            [poem.content for poem in poems],
-            self.sampling.form,
-            stopped_at_eos=[poem.stopped_at_eos for poem in poems],
-            critic_weights=dataclasses.asdict(self.critic),
-            titles=[poem.title for poem in poems],
-            rhyme_groups=[poem.rhyme_group for poem in poems],
-        )
+        scores = score_generated(poems, self.sampling.form, self.critic)
         # Unmeasurable metrics (None, e.g. format_accuracy without generation.form) are left out:
         # loggers want numbers.
         logs = {PREFIX + key: value for key, value in scores.items() if value is not None}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from poetry_sft.config.schema import Precision, RunConfig
+from poetry_sft.config.schema import RunConfig
 from poetry_sft.data.corpus import prepare_poems
 from poetry_sft.data.prompts import asked_rhyme_group, generation_prompt
 from poetry_sft.evaluate.generate import THINK_TOKENS, token_ids
@@ -59,33 +59,10 @@ def grpo_config(
     import torch
     from trl import GRPOConfig
 
-    hw, train, stage = cfg.hardware, cfg.train, cfg.stage
-    precision = resolve_precision(train.precision)
+    stage = cfg.stage
     return GRPOConfig(
-        output_dir=str(run_dir / artifacts.CHECKPOINTS_DIR),
-        per_device_train_batch_size=hw.per_device_train_batch_size,  # completions, not prompts
-        gradient_accumulation_steps=hw.gradient_accumulation_steps,
-        gradient_checkpointing=hw.gradient_checkpointing,
-        optim=cfg.optimizer,
-        learning_rate=cfg.method.learning_rate,
-        lr_scheduler_type=train.lr_scheduler_type,
-        warmup_steps=train.warmup_ratio,  # < 1: a fraction of the steps
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        num_train_epochs=train.num_train_epochs,
-        max_steps=train.max_steps,
-        logging_steps=train.logging_steps,
-        logging_nan_inf_filter=False,  # a NaN/inf loss must show: it stops the run (NonFiniteLossCallback)
-        save_strategy="steps",
-        save_steps=train.save_steps,
-        save_total_limit=train.save_total_limit,
+        **sft.trainer_args(cfg, run_dir, resolve_precision(cfg.train.precision), torch.cuda.is_available()),
         eval_strategy="no",  # the eval report judges the poems; GRPO has no held-out loss
-        bf16=precision is Precision.bf16,
-        fp16=precision is Precision.fp16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=train.seed,
-        dataloader_num_workers=train.dataloader_num_workers,
-        report_to=train.report_to,
         num_generations=stage.num_generations,
         max_completion_length=stage.max_completion_length,
         temperature=stage.temperature,
@@ -190,7 +167,11 @@ def _measure(
 
     first, last = logged[:3], logged[-3:]  # a few logging steps each: a group's mean is noisy
     rewards = {
-        label: {"start": window(first, key), "end": window(last, key)} for key, label in reward_keys(history)
+        ("total (weighted)" if key == "reward" else label): {
+            "start": window(first, key),
+            "end": window(last, key),
+        }
+        for key, label in reward_keys(history)
     }
     model = trainer.model
     assert model is not None

@@ -57,13 +57,24 @@ def sft_config(cfg: RunConfig, run_dir: Path) -> SFTConfig:
 
 
 def _our_sft_args(cfg: RunConfig, run_dir: Path, precision: Precision, cuda: bool) -> dict[str, Any]:
+    return dict(
+        **trainer_args(cfg, run_dir, precision, cuda),
+        per_device_eval_batch_size=cfg.hardware.per_device_train_batch_size,
+        **_batching_args(cfg),
+        eval_strategy="steps",
+        eval_steps=cfg.train.eval_steps,
+        include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
+    )
+
+
+def trainer_args(cfg: RunConfig, run_dir: Path, precision: Precision, cuda: bool) -> dict[str, Any]:
+    """The transformers TrainingArguments every stage sets from our groups (SFT's SFTConfig, GRPO's
+    GRPOConfig): where checkpoints go, the batch, the optimizer and its schedule, steps, precision."""
     hw, train = cfg.hardware, cfg.train
     return dict(
         output_dir=str(run_dir / artifacts.CHECKPOINTS_DIR),
         per_device_train_batch_size=hw.per_device_train_batch_size,
-        per_device_eval_batch_size=hw.per_device_train_batch_size,
         gradient_accumulation_steps=hw.gradient_accumulation_steps,
-        **_batching_args(cfg),
         gradient_checkpointing=hw.gradient_checkpointing,
         optim=cfg.optimizer,
         learning_rate=cfg.method.learning_rate,
@@ -74,8 +85,6 @@ def _our_sft_args(cfg: RunConfig, run_dir: Path, precision: Precision, cuda: boo
         num_train_epochs=train.num_train_epochs,
         max_steps=train.max_steps,
         logging_steps=train.logging_steps,
-        eval_strategy="steps",
-        eval_steps=train.eval_steps,
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
@@ -84,7 +93,6 @@ def _our_sft_args(cfg: RunConfig, run_dir: Path, precision: Precision, cuda: boo
         use_cpu=not cuda,
         seed=train.seed,
         dataloader_num_workers=train.dataloader_num_workers,
-        include_num_input_tokens_seen="non_padding",  # real tokens, for tokens/s
         report_to=train.report_to,
         logging_nan_inf_filter=False,  # a NaN/inf loss must show: it stops the run (NonFiniteLossCallback)
     )
